@@ -1,0 +1,1 @@
+"""Flax modules of the detector: backbones, RPN, RoI heads, Faster R-CNN."""
