@@ -1,0 +1,78 @@
+r"""Images/s of the input pipeline (source + preprocessing + batching) for a config.
+
+  python -m benchmarks.input_bench --config=configs/synthetic.py
+  python -m benchmarks.input_bench --config=configs/voc.py --config.data.name=voc_dir \
+    --config.data.root=/data/VOCdevkit/VOC2007 --batch_size=2
+
+Prints the median and spread of images/s over --windows windows of --window_batches batches
+each, after --warmup_batches (which fill the shuffle buffer). --source_only times the raw
+source alone (decode / synthetic drawing), the pipeline's upper bound. Compare with the
+images/s the train step consumes (benchmarks/train_bench.py): the input must be faster.
+"""
+
+import statistics
+import time
+
+import jax
+import tensorflow as tf
+from absl import app, flags
+from ml_collections import config_flags
+
+from frcnn_jax import data
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
+_SPLIT = flags.DEFINE_string("split", None, "Split to read; default config.data.train_split.")
+_TRAINING = flags.DEFINE_bool("training", True, "Training pipeline (shuffle, flip, repeat).")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Per-process batch; default the config's.")
+_WARMUP = flags.DEFINE_integer("warmup_batches", 10, "Untimed batches first.")
+_WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows.")
+_WINDOW_BATCHES = flags.DEFINE_integer("window_batches", 20, "Batches per window.")
+_DEVICE = flags.DEFINE_bool("device_prefetch", False, "Include prefetch_to_device.")
+_SOURCE_ONLY = flags.DEFINE_bool("source_only", False, "Time the raw source alone.")
+
+
+def _source_batches(config, split, batch_size):
+    """Endless lists of ``batch_size`` raw source examples (NumPy)."""
+    raw, _ = data.create_source(config.data, split=split, training=True, seed=0)
+    examples = data.NumpyIterator(raw.repeat().prefetch(tf.data.AUTOTUNE))
+    while True:
+        yield [next(examples) for _ in range(batch_size)]
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    split = _SPLIT.value or config.data.train_split
+    batch_size = _BATCH_SIZE.value or config.batch_size // jax.process_count()
+    if _SOURCE_ONLY.value:
+        batches = _source_batches(config, split, batch_size)
+    else:
+        dataset = data.create_dataset(
+            config.data, split=split, training=_TRAINING.value, batch_size=batch_size, seed=0
+        )
+        batches = iter(dataset)
+        if _DEVICE.value:
+            batches = data.prefetch_to_device(batches, size=2)
+        print(f"buckets {dataset.info.bucket_shapes}, {dataset.info.num_classes} classes")
+
+    for _ in range(_WARMUP.value):
+        next(batches)
+    rates = []
+    for _ in range(_WINDOWS.value):
+        start = time.perf_counter()
+        for _ in range(_WINDOW_BATCHES.value):
+            batch = next(batches)
+        if _DEVICE.value and not _SOURCE_ONLY.value:
+            jax.block_until_ready(batch["images"])
+        rates.append(_WINDOW_BATCHES.value * batch_size / (time.perf_counter() - start))
+    what = "source" if _SOURCE_ONLY.value else "pipeline"
+    print(
+        f"{config.data.name} {split} {what}, batch {batch_size}: median "
+        f"{statistics.median(rates):.1f} images/s (min {min(rates):.1f}, max {max(rates):.1f}) "
+        f"over {_WINDOWS.value} windows of {_WINDOW_BATCHES.value} batches"
+    )
+
+
+if __name__ == "__main__":
+    flags.mark_flag_as_required("config")
+    app.run(main)
