@@ -7,3 +7,12 @@ in absolute pixels everywhere.
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy: `import frcnn_jax.boxes` must not pull in TensorFlow through the Detector.
+    if name == "Detector":
+        from frcnn_jax.detector import Detector
+
+        return Detector
+    raise AttributeError(f"module 'frcnn_jax' has no attribute {name!r}")

@@ -23,7 +23,11 @@ def scaled_learning_rate(learning_rate: float, batch_size: int, reference_batch_
 
 
 def learning_rate_schedule(
-    *, base_lr: float, warmup_steps: int, decay_steps: Sequence[int], decay_factor: float = 0.1,
+    *,
+    base_lr: float,
+    warmup_steps: int,
+    decay_steps: Sequence[int],
+    decay_factor: float = 0.1,
     warmup_factor: float = 1.0 / 3.0,
 ) -> optax.Schedule:
     """Linear warmup from ``warmup_factor * base_lr`` then x``decay_factor`` at each decay step."""
@@ -40,11 +44,11 @@ def learning_rate_schedule(
 
 
 def param_labels(params, *, backbone: str):
-    """"frozen" | "bias" | "weight" for every parameter leaf (path-based)."""
+    """ "frozen" | "bias" | "weight" for every parameter leaf (path-based)."""
     flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params), sep="/")
     labels = {}
     for path, _ in flat.items():
-        if path.startswith("body/") and backbones.is_frozen_param(backbone, path[len("body/"):]):
+        if path.startswith("body/") and backbones.is_frozen_param(backbone, path[len("body/") :]):
             labels[path] = "frozen"
         elif path.endswith("/bias"):
             labels[path] = "bias"
@@ -54,7 +58,11 @@ def param_labels(params, *, backbone: str):
 
 
 def make_optimizer(
-    params, *, backbone: str, schedule: optax.Schedule, momentum: float = 0.9,
+    params,
+    *,
+    backbone: str,
+    schedule: optax.Schedule,
+    momentum: float = 0.9,
     weight_decay: float = 5e-4,
 ) -> optax.GradientTransformation:
     """SGD(momentum) with decoupled masks: biases undecayed, frozen layers untouched."""

@@ -12,8 +12,9 @@ def test_smooth_l1_matches_seed_formula_by_hand():
     expected = [0.0, 4.5 * 0.01, 4.5 * 0.01, 1.0 - 1 / 18, 2.0 - 1 / 18]
     np.testing.assert_allclose(losses.smooth_l1(x, 0.0, sigma=3.0), expected, rtol=1e-6)
     # sigma 1: 0.5 x^2 below 1, |x| - 0.5 above.
-    np.testing.assert_allclose(losses.smooth_l1(jnp.array([0.5, 3.0]), 0.0, sigma=1.0),
-                               [0.125, 2.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.smooth_l1(jnp.array([0.5, 3.0]), 0.0, sigma=1.0), [0.125, 2.5], rtol=1e-6
+    )
 
 
 def test_rpn_box_loss_divides_by_sampled_anchors_not_positives():
@@ -21,8 +22,12 @@ def test_rpn_box_loss_divides_by_sampled_anchors_not_positives():
     # two ignored. Smooth L1(sigma 3) of 1 is 1 - 1/18; divided by 2 sampled anchors.
     labels = jnp.array([[1, 0, -1, -1]])
     pred = jnp.zeros((1, 4, 4)).at[0, 0, 0].set(1.0)
-    out = losses.rpn_losses(pred_logits=jnp.zeros((1, 4)), pred_deltas=pred, gt_labels=labels,
-                            gt_deltas=jnp.zeros((1, 4, 4)))
+    out = losses.rpn_losses(
+        pred_logits=jnp.zeros((1, 4)),
+        pred_deltas=pred,
+        gt_labels=labels,
+        gt_deltas=jnp.zeros((1, 4, 4)),
+    )
     np.testing.assert_allclose(out["rpn_box"], (1 - 1 / 18) / 2, rtol=1e-6)
     # Logit 0 gives BCE log(2) for both sampled anchors.
     np.testing.assert_allclose(out["rpn_cls"], np.log(2.0), rtol=1e-6)
@@ -33,8 +38,13 @@ def test_roi_losses_use_the_gt_class_deltas_and_skip_background_boxes():
     # (other classes' deltas are garbage and must not count) and a background roi.
     deltas = jnp.full((1, 2, 3, 4), 100.0).at[0, 0, 2].set(jnp.array([0.0, 0.0, 0.0, 2.0]))
     logits = jnp.zeros((1, 2, 3))
-    out = losses.roi_losses(pred_logits=logits, pred_deltas=deltas, gt_labels=jnp.array([[2, 0]]),
-                            gt_deltas=jnp.zeros((1, 2, 4)), mask=jnp.array([[True, True]]))
+    out = losses.roi_losses(
+        pred_logits=logits,
+        pred_deltas=deltas,
+        gt_labels=jnp.array([[2, 0]]),
+        gt_deltas=jnp.zeros((1, 2, 4)),
+        mask=jnp.array([[True, True]]),
+    )
     np.testing.assert_allclose(out["roi_box"], (2 - 0.5) / 2, rtol=1e-6)
     np.testing.assert_allclose(out["roi_cls"], np.log(3.0), rtol=1e-6)
 
@@ -48,15 +58,25 @@ def test_losses_are_per_image_means_so_batches_split_evenly():
     pred = jnp.asarray(rng.normal(size=(2, 4, 4)), jnp.float32)
     gt = jnp.asarray(rng.normal(size=(2, 4, 4)), jnp.float32)
     both = losses.rpn_losses(pred_logits=logits, pred_deltas=pred, gt_labels=labels, gt_deltas=gt)
-    singles = [losses.rpn_losses(pred_logits=logits[i:i + 1], pred_deltas=pred[i:i + 1],
-                                 gt_labels=labels[i:i + 1], gt_deltas=gt[i:i + 1])
-               for i in range(2)]
+    singles = [
+        losses.rpn_losses(
+            pred_logits=logits[i : i + 1],
+            pred_deltas=pred[i : i + 1],
+            gt_labels=labels[i : i + 1],
+            gt_deltas=gt[i : i + 1],
+        )
+        for i in range(2)
+    ]
     for k in both:
         np.testing.assert_allclose(both[k], (singles[0][k] + singles[1][k]) / 2, rtol=1e-6)
 
 
 def test_empty_images_give_zero_loss_not_nan():
-    out = losses.roi_losses(pred_logits=jnp.zeros((1, 2, 3)), pred_deltas=jnp.zeros((1, 2, 3, 4)),
-                            gt_labels=jnp.zeros((1, 2), jnp.int32), gt_deltas=jnp.zeros((1, 2, 4)),
-                            mask=jnp.zeros((1, 2), bool))
+    out = losses.roi_losses(
+        pred_logits=jnp.zeros((1, 2, 3)),
+        pred_deltas=jnp.zeros((1, 2, 3, 4)),
+        gt_labels=jnp.zeros((1, 2), jnp.int32),
+        gt_deltas=jnp.zeros((1, 2, 4)),
+        mask=jnp.zeros((1, 2), bool),
+    )
     assert float(out["roi_cls"]) == 0.0 and float(out["roi_box"]) == 0.0

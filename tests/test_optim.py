@@ -11,8 +11,10 @@ from frcnn_jax.models import backbones
 
 def _params():
     return {
-        "body": {"conv1_1": {"kernel": jnp.ones((3, 3, 3, 2)), "bias": jnp.ones(2)},
-                 "conv3_1": {"kernel": jnp.ones((3, 3, 2, 2)), "bias": jnp.ones(2)}},
+        "body": {
+            "conv1_1": {"kernel": jnp.ones((3, 3, 3, 2)), "bias": jnp.ones(2)},
+            "conv3_1": {"kernel": jnp.ones((3, 3, 2, 2)), "bias": jnp.ones(2)},
+        },
         "head": {"fc6": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)}},
     }
 
@@ -34,8 +36,9 @@ def test_resnet_frozen_prefixes():
 
 def test_frozen_params_get_no_update_no_decay_and_no_momentum_buffer():
     params = _params()
-    tx = optim.make_optimizer(params, backbone="vgg16", schedule=optax.constant_schedule(0.1),
-                              weight_decay=0.5)
+    tx = optim.make_optimizer(
+        params, backbone="vgg16", schedule=optax.constant_schedule(0.1), weight_decay=0.5
+    )
     opt_state = tx.init(params)
     # Momentum buffers exist for 4 trainable leaves only (2 weights + 2 biases).
     buffers = [x for x in jax.tree.leaves(opt_state) if hasattr(x, "shape") and x.ndim > 0]
@@ -50,8 +53,12 @@ def test_frozen_params_get_no_update_no_decay_and_no_momentum_buffer():
 
 
 def test_schedule_warms_up_linearly_then_decays_tenfold():
-    schedule = optim.learning_rate_schedule(base_lr=1.0, warmup_steps=10, decay_steps=[20],
-                                            warmup_factor=0.0)
-    np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(19),
-                                schedule(20)], [0.0, 0.5, 1.0, 1.0, 0.1], rtol=1e-6)
+    schedule = optim.learning_rate_schedule(
+        base_lr=1.0, warmup_steps=10, decay_steps=[20], warmup_factor=0.0
+    )
+    np.testing.assert_allclose(
+        [schedule(0), schedule(5), schedule(10), schedule(19), schedule(20)],
+        [0.0, 0.5, 1.0, 1.0, 0.1],
+        rtol=1e-6,
+    )
     assert optim.scaled_learning_rate(1e-3, 8, 1) == 8e-3

@@ -1,0 +1,49 @@
+"""Defaults shared by every config: the seed's (simple-faster-rcnn-pytorch) VGG16 hyperparameters.
+
+Not meant to be run directly; the runnable configs import it and override fields.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.num_train_steps = 70_000
+    config.batch_size = 1  # global, over all devices and hosts
+    # lr at reference_batch_size; the run uses learning_rate * batch_size / reference_batch_size.
+    config.learning_rate = 1e-3
+    config.reference_batch_size = 1
+    config.momentum = 0.9
+    config.weight_decay = 5e-4
+    config.warmup_steps = 500
+    config.lr_decay_steps = [45_000]  # x0.1 after 9 of 14 epochs of VOC07 trainval
+    config.log_every_steps = 50
+    config.checkpoint_every_steps = 5_000
+    config.keep_checkpoints = 3
+    config.eval_every_steps = 0  # 0: no evaluation during training; eval.py evaluates
+    config.eval_batch_size = 8
+    config.distributed = False  # jax.distributed.initialize() for multi-host runs
+
+    config.model = ml_collections.ConfigDict()
+    config.model.backbone = "vgg16"
+    config.model.pretrained = ""  # an .npz from `python -m frcnn_jax.convert_weights`
+    config.model.dtype = "float32"
+    config.model.normalization = "caffe"
+
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "tfds"
+    config.data.tfds_name = "voc/2007"
+    config.data.train_split = "train+validation"
+    config.data.eval_split = "test"
+    config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
+    config.data.root = ""
+    config.data.classes = ""
+    config.data.min_size = 600
+    config.data.max_size = 1000
+    config.data.max_boxes = 64
+    config.data.flip = True
+    config.data.exclude_difficult = True
+    config.data.skip_empty = True
+    config.data.shuffle_buffer = 1024
+    return config

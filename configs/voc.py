@@ -1,0 +1,20 @@
+"""VGG16 Faster R-CNN on Pascal VOC 2007 trainval, tested on VOC 2007 test (the seed's setting).
+
+Run:
+  python train.py --config=configs/voc.py --workdir=runs/voc \
+    --config.model.pretrained=vgg16.npz
+  python eval.py --config=configs/voc.py --workdir=runs/voc
+
+Expected: about 0.70 VOC07 mAP@0.5 from ImageNet weights (0.699 in the paper,
+0.712 in simple-faster-rcnn-pytorch) after 14 epochs of 5011 images at batch 1;
+from random initialisation far less. Scale batch_size with your devices: the
+learning rate follows linearly.
+"""
+
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.eval_every_steps = 0
+    return config

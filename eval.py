@@ -1,0 +1,35 @@
+"""Evaluates a trained Faster R-CNN. Example (after the README's training command):
+
+  python eval.py --config=configs/synthetic.py --workdir=runs/synthetic [--checkpoint=STEP]
+
+Restores the latest checkpoint of ``--workdir`` (or ``--checkpoint``), runs batched inference
+over ``config.data.eval_split``, prints a per-class AP table and writes ``WORKDIR/eval/``:
+metrics.json (VOC07 / VOC / COCO metrics), detections.json and pr_curves.png.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from frcnn_jax import evaluate_run, restore
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/synthetic.py", "The training configuration.")
+flags.DEFINE_string("workdir", None, "Training directory holding the checkpoints.")
+flags.DEFINE_integer("checkpoint", None, "Step of the checkpoint to evaluate (default: latest).")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        evaluate_run.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, step=FLAGS.checkpoint)
+    except restore.WorkdirError as e:
+        sys.exit(f"eval.py: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,47 @@
+"""Checks a training config before anything is compiled, naming the field that is wrong."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from frcnn_jax.models.backbones import BACKBONES
+
+_POSITIVE_INTS = (
+    "num_train_steps",
+    "batch_size",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "eval_batch_size",
+)
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the first bad field of ``config``."""
+    for name in _POSITIVE_INTS:
+        value = config.get(name)
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.{name} must be a positive integer, got {value!r}")
+    if config.eval_every_steps < 0:
+        raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}")
+    if not config.learning_rate > 0:
+        raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
+    if config.model.backbone not in BACKBONES:
+        raise ValueError(
+            f"config.model.backbone={config.model.backbone!r}; choose one of {sorted(BACKBONES)}"
+        )
+    if config.data.name not in ("synthetic", "tfds", "voc_dir"):
+        raise ValueError(
+            f"config.data.name={config.data.name!r}; choose 'synthetic', 'tfds' or 'voc_dir'"
+        )
+    if config.data.min_size <= 0 or config.data.max_size < config.data.min_size:
+        raise ValueError(
+            f"config.data.min_size={config.data.min_size} and max_size={config.data.max_size} "
+            "must satisfy 0 < min_size <= max_size"
+        )
+    if config.data.max_boxes <= 0:
+        raise ValueError(f"config.data.max_boxes must be > 0, got {config.data.max_boxes}")
+    if any(int(s) <= 0 for s in config.lr_decay_steps):
+        raise ValueError(
+            f"config.lr_decay_steps must be positive steps, got {config.lr_decay_steps}"
+        )

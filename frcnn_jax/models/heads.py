@@ -1,0 +1,93 @@
+"""RPN and RoI heads.
+
+Shape shorthand: B batch, h, w feature map size, A anchors (all levels, in
+``frcnn_jax.anchors`` order: level, then position, then anchor), S rois per
+image, K classes including background, C channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+class RPNHead(nn.Module):
+    """3x3 conv (ReLU) then 1x1 convs for objectness and box deltas, shared across levels.
+
+    Objectness is one sigmoid logit per anchor rather than the seed's two
+    softmax logits: a two-way softmax depends only on the difference of its
+    logits, so both are the same model, and one logit halves the layer
+    (torchvision and detectron2 make the same choice).
+    """
+
+    num_anchors: int
+    channels: int = 512
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: Sequence[jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """Objectness logits ``[B, A]``, deltas ``[B, A, 4]`` (float32, levels concatenated)."""
+        init = nn.initializers.normal(0.01)  # the seed's normal_init(std=0.01) for all RPN convs
+        conv = nn.Conv(
+            self.channels,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            kernel_init=init,
+            dtype=self.dtype,
+            name="conv",
+        )
+        cls = nn.Conv(
+            self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype, name="objectness"
+        )
+        box = nn.Conv(
+            self.num_anchors * 4, (1, 1), kernel_init=init, dtype=self.dtype, name="deltas"
+        )
+        all_logits, all_deltas = [], []
+        for x in features:
+            x = nn.relu(conv(x))
+            b = x.shape[0]
+            all_logits.append(cls(x).reshape(b, -1))  # [B, h * w * anchors]
+            all_deltas.append(box(x).reshape(b, -1, 4))  # [B, h * w * anchors, 4]
+        logits = jnp.concatenate(all_logits, axis=1).astype(jnp.float32)
+        deltas = jnp.concatenate(all_deltas, axis=1).astype(jnp.float32)
+        return logits, deltas
+
+
+class RoIHead(nn.Module):
+    """Flatten pooled rois -> fc layers (ReLU) -> class logits and per-class box deltas.
+
+    With ``hidden=(4096, 4096)`` the fc layers are VGG16's fc6/fc7 (so ImageNet
+    weights can initialise them); ResNet-FPN uses torchvision's TwoMLPHead
+    ``(1024, 1024)``.
+    """
+
+    num_classes: int  # K, including background
+    hidden: Sequence[int] = (4096, 4096)
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, roi_features: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """``[..., S, p, p, C]`` -> logits ``[..., S, K]``, deltas ``[..., S, K, 4]`` (float32)."""
+        x = roi_features.reshape(*roi_features.shape[:-3], -1)
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{6 + i}")(x))
+        # The seed's init: normal std 0.01 for classification, 0.001 for box regression.
+        logits = nn.Dense(
+            self.num_classes,
+            kernel_init=nn.initializers.normal(0.01),
+            dtype=self.dtype,
+            name="cls_score",
+        )(x)
+        deltas = nn.Dense(
+            self.num_classes * 4,
+            kernel_init=nn.initializers.normal(0.001),
+            dtype=self.dtype,
+            name="bbox_pred",
+        )(x)
+        deltas = deltas.reshape(*deltas.shape[:-1], self.num_classes, 4)
+        return logits.astype(jnp.float32), deltas.astype(jnp.float32)

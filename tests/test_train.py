@@ -1,0 +1,95 @@
+"""The train step end to end: a real step on tiny data, the non-finite guard, and train.py."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from frcnn_jax import data as data_lib
+from frcnn_jax import train_lib, train_loop
+from tests.tiny import tiny_config
+
+
+def _setup(config):
+    class_names = data_lib.get_class_names(config.data)
+    model = train_lib.build_model(config.model, num_classes=len(class_names))
+    variables = train_lib.init_variables(model, jax.random.key(0))
+    state, _ = train_lib.create_train_state(config, model, variables)
+    batch = next(
+        iter(
+            data_lib.create_dataset(
+                config.data, split="train", training=True, batch_size=config.batch_size, seed=0
+            )
+        )
+    )
+    return model, state, {k: jnp.asarray(batch[k]) for k in train_lib.TRAIN_KEYS}
+
+
+def test_one_step_on_synthetic_data_gives_finite_losses_and_moves_trainable_params():
+    config = tiny_config()
+    _, state, batch = _setup(config)
+    assert bool(batch["gt_mask"].any())
+    new_state, metrics = jax.jit(train_lib.train_step)(state, batch, jax.random.key(1))
+    for name in ("rpn_cls", "rpn_box", "roi_cls", "roi_box", "total"):
+        assert np.isfinite(float(metrics[name])), name
+    np.testing.assert_allclose(
+        float(metrics["total"]),
+        sum(float(metrics[k]) for k in ("rpn_cls", "rpn_box", "roi_cls", "roi_box")),
+        rtol=1e-5,
+    )
+    assert int(new_state.step) == 1 and int(new_state.nonfinite_step) == -1
+    moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params)
+    assert all(jax.tree.leaves(moved["head"])) and all(jax.tree.leaves(moved["rpn"]))
+
+
+def test_non_finite_loss_leaves_the_state_unchanged_and_records_the_step():
+    config = tiny_config()
+    _, state, batch = _setup(config)
+    # A NaN classifier bias makes the RoI loss NaN.
+    params = jax.tree.map(lambda x: x, state.params)
+    params["head"]["cls_score"]["bias"] = jnp.full_like(
+        params["head"]["cls_score"]["bias"], jnp.nan
+    )
+    state = state.replace(params=params)
+    new_state, metrics = jax.jit(train_lib.train_step)(state, batch, jax.random.key(1))
+    assert not np.isfinite(float(metrics["total"]))
+    assert int(new_state.nonfinite_step) == 0 and int(new_state.step) == 1
+    same = jax.tree.map(
+        lambda a, b: bool(jnp.all((a == b) | (jnp.isnan(a) & jnp.isnan(b)))),
+        state.params,
+        new_state.params,
+    )
+    assert all(jax.tree.leaves(same))
+
+
+def test_train_and_evaluate_runs_logs_checkpoints_and_stops_on_nan(tmp_path):
+    config = tiny_config(num_train_steps=4, eval_every_steps=4)
+    metrics = train_loop.train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(metrics["total"]) and "voc07_map" in metrics
+    assert sorted(
+        int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()
+    ) == [2, 4]
+    assert (tmp_path / "config.json").exists() and (tmp_path / "class_names.json").exists()
+    # Resuming a finished run is a no-op that reports the restored step's state.
+    config.learning_rate = 1e12
+    config.num_train_steps = 8
+    with pytest.raises(FloatingPointError, match="non-finite loss at step"):
+        train_loop.train_and_evaluate(config, str(tmp_path))
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert max(steps) <= 6  # nothing saved at or after the bad step
+
+
+def test_build_model_rejects_unknown_fields():
+    config = tiny_config()
+    config.model.not_a_field = 1
+    with pytest.raises(ValueError, match="not_a_field"):
+        train_lib.build_model(config.model, num_classes=3)
+
+
+def test_image_keys_are_global_indices():
+    key = jax.random.key(3)
+    whole = train_lib.image_keys(key, 4)
+    halves = jax.vmap(lambda _: train_lib.image_keys(key, 2, "d"), axis_name="d")(jnp.arange(2))
+    np.testing.assert_array_equal(
+        jax.random.key_data(whole), jax.random.key_data(halves).reshape(4, -1)
+    )

@@ -1,0 +1,28 @@
+"""Trains Faster R-CNN. Example (no download, CPU, minutes):
+
+  python train.py --config=configs/synthetic.py --workdir=runs/synthetic
+
+Any config field can be overridden, e.g. ``--config.batch_size=16``. Training
+resumes from the latest checkpoint in ``--workdir``.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from frcnn_jax import train_loop
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Training configuration file.")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and logs.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
