@@ -203,9 +203,17 @@ def test_roi_pool_bin_edges_are_exact():
     assert out[0, 0, 0, 0] == 5
 
 
+@pytest.fixture(params=["matmul", "gather"])
+def align_path(request, monkeypatch):
+    """roi_align's two exact implementations: interpolation matrices (small maps), tap gather."""
+    if request.param == "gather":
+        monkeypatch.setattr(roi_ops, "MATMUL_MAX_CELLS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio,output_size", [(1, 7), (2, 7), (3, 2)])
-def test_roi_align_matches_reference(aligned, sampling_ratio, output_size):
+def test_roi_align_matches_reference(aligned, sampling_ratio, output_size, align_path):
     rng = np.random.default_rng(sampling_ratio)
     features = rng.normal(size=(9, 13, 3)).astype(np.float32)
     rois = random_rois(rng, 20, 13 * 8)
@@ -220,7 +228,7 @@ def test_roi_align_matches_reference(aligned, sampling_ratio, output_size):
     np.testing.assert_allclose(grad, expected_grad, atol=1e-4)
 
 
-def test_roi_align_hand_cases():
+def test_roi_align_hand_cases(align_path):
     # value = row + 10, linear in y, so bilinear sampling returns the sample's row + 10.
     features = (np.arange(4, dtype=np.float32)[:, None, None] + 10) * np.ones((1, 4, 1))
     align = functools.partial(roi_ops.roi_align, spatial_scale=1.0, aligned=False)
@@ -323,7 +331,7 @@ def test_jit_matches_eager_and_vmap_matches_loop(name):
         np.testing.assert_allclose(batched[b], jax.jit(op)(image, rois[b]), atol=1e-6)
 
 
-def test_roi_align_gradients_finite_at_degenerate_rois():
+def test_roi_align_gradients_finite_at_degenerate_rois(align_path):
     rng = np.random.default_rng(3)
     features = rng.normal(size=(6, 7, 2)).astype(np.float32)
     rois = np.array(

@@ -180,32 +180,24 @@ class ResNetFPN(nn.Module):
 
 
 class SmallNet(nn.Module):
-    """A small plain conv net at stride 16 for CPU work (the embedded config, tests)."""
+    """A small plain conv net at stride 16 for CPU work (the embedded config, tests).
+
+    Each stage halves the resolution with a strided 3x3 conv, then refines with
+    a second 3x3 conv at the lower resolution (cheap: no full-resolution conv).
+    """
 
     widths: Sequence[int] = (32, 64, 96, 128)
     dtype: Dtype = jnp.float32
     strides = (16,)
 
-    @property
-    def channels(self) -> int:
-        return self.widths[-1]
-
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
+        if len(self.widths) != 4:
+            raise ValueError(f"SmallNet needs 4 widths (stride 16), got {self.widths}")
         for i, width in enumerate(self.widths):
-            x = nn.relu(
-                nn.Conv(width, (3, 3), padding=_pad(3), dtype=self.dtype, name=f"conv{i + 1}_1")(x)
-            )
-            x = nn.relu(
-                nn.Conv(
-                    width,
-                    (3, 3),
-                    strides=2,
-                    padding=_pad(3),
-                    dtype=self.dtype,
-                    name=f"conv{i + 1}_2",
-                )(x)
-            )
+            conv = functools.partial(nn.Conv, width, (3, 3), padding=_pad(3), dtype=self.dtype)
+            x = nn.relu(conv(strides=2, name=f"conv{i + 1}_1")(x))
+            x = nn.relu(conv(name=f"conv{i + 1}_2")(x))
         return [x]
 
 
