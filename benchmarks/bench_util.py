@@ -1,0 +1,297 @@
+"""Shared pieces of train_bench.py and infer_bench.py: flags, synthetic batches, timing, reports.
+
+Shape shorthand: B batch, H, W image size, G max gt boxes.
+
+Timing rules (both benchmarks, both libraries): every step is waited on
+(``block_until_ready`` / ``torch.cuda.synchronize``); the figure is the median
+step time after the warm-up steps. "Pipelined" figures run the timed steps
+back to back and wait once at the end, as a training loop does. Model FLOPs
+utilisation (MFU) is achieved FLOP/s over the rate of one large dense matmul
+of the compute dtype, measured on the same device in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Run as a script from anywhere: the package and configs/ live in the repository root.
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/voc.py.")
+flags.DEFINE_integer("batch_size", None, "Images per step (default: config.batch_size).")
+flags.DEFINE_string("image_size", None, "H,W or S (default: data.min_size,data.max_size).")
+flags.DEFINE_integer("steps", 10, "Timed steps.")
+flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+flags.DEFINE_integer("num_classes", 20, "Object classes (without background), VOC's 20.")
+flags.DEFINE_integer("matmul_size", None, "Side of the reference matmul (default 8192, CPU 1024).")
+flags.DEFINE_bool("torch", False, "Also run torchvision's Faster R-CNN (in a subprocess).")
+flags.DEFINE_bool("torch_only", False, "Internal: run only the torchvision side, print JSON.")
+flags.mark_flag_as_required("config")
+
+TORCH_MARKER = "TORCH_RESULT "
+
+
+def image_size(config) -> tuple[int, int]:
+    """(H, W) from --image_size, else the config's (min_size, max_size) landscape image."""
+    if FLAGS.image_size:
+        sides = [int(s) for s in FLAGS.image_size.split(",")]
+        return (sides[0], sides[-1])
+    return (config.data.min_size, config.data.max_size)
+
+
+# The data pipeline pads every batch to a bucket whose sides are multiples of 32.
+PAD_MULTIPLE = 32
+
+
+def synthetic_batch(
+    seed: int, *, batch_size: int, height: int, width: int, max_boxes: int, num_classes: int
+) -> dict[str, np.ndarray]:
+    """A random training batch in the data contract's layout.
+
+    Images of ``height`` x ``width`` zero-padded at the bottom and right to the
+    next multiples of 32 (Hb, Wb), as the pipeline's buckets: ``images`` uint8
+    [B, Hb, Wb, 3]; ``image_sizes`` int32 [B, 2] = (height, width);
+    ``gt_boxes`` float32 [B, G, 4] (ymin, xmin, ymax, xmax) pixels, 1..min(G, 6)
+    real boxes of 10%..60% of the image side; ``gt_labels`` int32 [B, G];
+    ``gt_mask`` bool [B, G].
+    """
+    rng = np.random.default_rng(seed)
+    padded = [-(-side // PAD_MULTIPLE) * PAD_MULTIPLE for side in (height, width)]
+    images = np.zeros((batch_size, *padded, 3), np.uint8)
+    images[:, :height, :width] = rng.integers(0, 256, (batch_size, height, width, 3))
+    sides = np.array([height, width, height, width], np.float32)
+    sizes = rng.uniform(0.1, 0.6, (batch_size, max_boxes, 2))
+    starts = rng.uniform(0.0, 1.0 - sizes)
+    boxes = np.concatenate([starts, starts + sizes], axis=-1) * sides  # [B, G, 4]
+    counts = rng.integers(1, min(max_boxes, 6) + 1, batch_size)
+    mask = np.arange(max_boxes)[None, :] < counts[:, None]
+    return {
+        "images": images,
+        "image_sizes": np.tile(np.array([[height, width]], np.int32), (batch_size, 1)),
+        "gt_boxes": np.where(mask[..., None], boxes, 0.0).astype(np.float32),
+        "gt_labels": np.where(mask, rng.integers(0, num_classes, mask.shape), 0).astype(np.int32),
+        "gt_mask": mask,
+    }
+
+
+def time_steps(run_step, sync, *, warmup: int, steps: int) -> dict[str, float]:
+    """Median synchronised step time and pipelined time per step, in seconds.
+
+    ``run_step(i)`` launches step i; ``sync(out)`` waits for its result.
+    """
+    for i in range(warmup):
+        sync(run_step(i))
+    times = []
+    for i in range(warmup, warmup + steps):
+        start = time.perf_counter()
+        sync(run_step(i))
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    out = None
+    for i in range(warmup + steps, warmup + 2 * steps):
+        out = run_step(i)
+    sync(out)
+    return {
+        "median_s": statistics.median(times),
+        "pipelined_s": (time.perf_counter() - start) / steps,
+    }
+
+
+def max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def jax_peak_memory() -> tuple[int, str]:
+    """(bytes, what was measured): device peak where the backend reports it, else process RSS."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"], "device peak_bytes_in_use"
+    return max_rss_bytes(), "process max RSS"
+
+
+def jax_matmul_rate(dtype, size: int | None = None) -> tuple[float, int]:
+    """(FLOP/s, n) of an n x n x n matmul in ``dtype`` on the default device."""
+    import jax.numpy as jnp  # noqa: PLC0415
+
+    n = size or FLAGS.matmul_size or (1024 if jax.default_backend() == "cpu" else 8192)
+    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+    matmul = jax.jit(jnp.matmul)
+    seconds = time_steps(lambda i: matmul(a, b), jax.block_until_ready, warmup=2, steps=5)
+    return 2 * n**3 / seconds["median_s"], n
+
+
+def compiled_flops(compiled) -> float:
+    """XLA's FLOP count of a compiled program (0 where the backend reports none)."""
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", 0.0))
+
+
+def versions() -> str:
+    import flax  # noqa: PLC0415
+
+    return f"python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}"
+
+
+def device_description() -> str:
+    devices = jax.devices()
+    return f"{jax.default_backend()} x{len(devices)} ({devices[0].device_kind}), {platform.node()}"
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB"
+
+
+def report(name: str, result: dict, batch_size: int) -> None:
+    """Prints one implementation's figures (``result`` as returned by the runners)."""
+    print(f"== {name} ==")
+    if "error" in result:
+        print(f"not runnable here: {result['error']}")
+        return
+    label = "compile time" if "compile_s" in result else "first step (eager, no compile)"
+    print(f"{label}: {result.get('compile_s', result.get('first_step_s')):.2f} s")
+    print(
+        f"steady images/s: {batch_size / result['median_s']:.3f} "
+        f"(median step {result['median_s'] * 1e3:.1f} ms over {FLAGS.steps} steps after "
+        f"{FLAGS.warmup} warm-up)"
+    )
+    print(
+        f"pipelined images/s: {batch_size / result['pipelined_s']:.3f} "
+        f"({FLAGS.steps} steps, one sync)"
+    )
+    print(f"peak memory: {_gib(result['peak_bytes'])} ({result['peak_what']})")
+    flops, rate = result["flops"], result["matmul_flops_per_s"]
+    if flops > 0:
+        achieved = flops / result["median_s"]
+        print(
+            f"FLOPs per step: {flops:.3e} ({result['flops_what']}); achieved "
+            f"{achieved / 1e12:.3f} TFLOP/s"
+        )
+        print(
+            f"MFU: {100 * achieved / rate:.1f}% of a measured {result['matmul_what']} "
+            f"matmul rate of {rate / 1e12:.3f} TFLOP/s"
+        )
+    else:
+        print("MFU: n/a (no FLOP count from this backend)")
+
+
+def report_all(
+    bench: str,
+    config,
+    batch_size: int,
+    size: tuple[int, int],
+    name: str,
+    ours: dict,
+    theirs: dict | None,
+) -> None:
+    """Our figures, torchvision's (None: not asked for) with the ratio, and RESULTS.md rows."""
+    report(name, ours, batch_size)
+    rows = [("ours", ours)]
+    if theirs is not None:
+        suffix = f" ({theirs['versions']})" if "versions" in theirs else ""
+        report(f"torchvision FasterRCNN{suffix}", theirs, batch_size)
+        report_ratio(ours, theirs)
+        rows.append(("torchvision", theirs))
+    print_markdown_rows(bench, config, batch_size, size, rows)
+
+
+def report_ratio(ours: dict, theirs: dict) -> None:
+    if "error" in theirs or "error" in ours:
+        print("ratio ours/theirs (images/s): n/a (torchvision did not run)")
+        return
+    print(
+        f"ratio ours/theirs (images/s): steady {theirs['median_s'] / ours['median_s']:.2f}x, "
+        f"pipelined {theirs['pipelined_s'] / ours['pipelined_s']:.2f}x"
+    )
+
+
+def run_torch_subprocess(script: str, argv: list[str]) -> dict:
+    """Runs ``script --torch_only`` with the same flags; its JSON result or ``{"error": why}``.
+
+    A separate process keeps torch's and JAX's device memory (JAX preallocates)
+    and peak-RSS figures apart, and a torchvision that cannot load (a CUDA build
+    next to a CPU torch: its compiled nms/roi_align are missing) cannot crash us.
+    """
+    args = [
+        sys.executable,
+        script,
+        *[a for a in argv[1:] if not a.startswith("--torch")],
+        "--torch_only",
+    ]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith(TORCH_MARKER):
+            return json.loads(line[len(TORCH_MARKER) :])
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    return {"error": lines[-1] if lines else f"exit status {proc.returncode}, no output"}
+
+
+def print_torch_result(result: dict) -> None:
+    print(TORCH_MARKER + json.dumps(result))
+
+
+def torch_result(
+    model, batches: list[dict], size: tuple[int, int], *, compute_dtype: str, training: bool
+) -> dict:
+    """torchvision's figures, or ``{"error": why}`` where it cannot load or run here."""
+    try:
+        import torch_detection  # noqa: PLC0415 (torch and torchvision are optional)
+
+        return torch_detection.run(
+            model, batches, size, compute_dtype=compute_dtype, training=training
+        )
+    except Exception as e:  # Any failure to load or run torchvision is reported, not raised.
+        return {"error": f"torchvision cannot run: {type(e).__name__}: {e}"}
+
+
+def print_header(bench: str, config, batch_size: int, size: tuple[int, int]) -> None:
+    print(
+        f"{bench} benchmark: backbone={config.model.backbone} dtype={config.model.dtype} "
+        f"batch={batch_size} image={size[0]}x{size[1]} num_classes={FLAGS.num_classes}"
+    )
+    padded = [-(-side // PAD_MULTIPLE) * PAD_MULTIPLE for side in size]
+    print(f"padded to {padded[0]}x{padded[1]} (the pipeline's buckets); torchvision pads itself")
+    print(f"device: {device_description()}; {versions()}")
+    print(f"command: {' '.join(sys.argv)}")
+
+
+def print_markdown_rows(
+    bench: str, config, batch_size: int, size: tuple[int, int], rows: list[tuple[str, dict]]
+) -> None:
+    """One RESULTS.md table row per implementation."""
+    print(
+        "markdown: | bench | impl | backbone | dtype | batch | image | compile/first s | "
+        "images/s | pipelined images/s | peak memory | MFU |"
+    )
+    for name, r in rows:
+        if "error" in r:
+            continue
+        mfu = (
+            f"{100 * r['flops'] / r['median_s'] / r['matmul_flops_per_s']:.1f}%"
+            if r["flops"] > 0
+            else "n/a"
+        )
+        first = r.get("compile_s", r.get("first_step_s"))
+        print(
+            f"markdown: | {bench} | {name} | {config.model.backbone} | {config.model.dtype} | "
+            f"{batch_size} | {size[0]}x{size[1]} | {first:.1f} | "
+            f"{batch_size / r['median_s']:.3g} | {batch_size / r['pipelined_s']:.3g} | "
+            f"{_gib(r['peak_bytes'])} | {mfu} |"
+        )

@@ -1,0 +1,96 @@
+"""Inference speed: our jitted ``model.detect``, and torchvision's Faster R-CNN on the same sizes.
+
+Run:
+  python benchmarks/infer_bench.py --config=configs/voc.py --batch_size=8 \
+    --image_size=608,1024 --steps=20 --config.model.dtype=bfloat16 --torch
+  python benchmarks/infer_bench.py --config=configs/synthetic.py --batch_size=2 \
+    --image_size=64 --steps=3 --warmup=1      # a CPU smoke run in seconds
+
+Ours is ``eval_lib.make_predict_fn`` (backbone, RPN, 6000 -> 300 proposals,
+RoI head, per-class NMS, fixed-shape padded detections), compiled once ahead of
+time, on one device, with random images already on the device. ``--torch``
+runs torchvision's model in eval mode (inference_mode) in a subprocess first.
+Printed figures as in train_bench.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import bench_util
+import jax
+import jax.numpy as jnp
+from absl import app
+
+from frcnn_jax import eval_lib, train_lib
+
+FLAGS = bench_util.FLAGS
+
+
+def run_ours(config, model, host_batches: list[dict]) -> dict:
+    """Compiles and times the predict function; a bench_util result dict."""
+    variables = train_lib.init_variables(model, jax.random.key(config.seed))
+    batches = [jax.device_put((b["images"], b["image_sizes"])) for b in host_batches]
+    predict = eval_lib.make_predict_fn(model)
+
+    start = time.perf_counter()
+    compiled = predict.lower(variables, *batches[0]).compile()
+    compile_s = time.perf_counter() - start
+
+    def run_step(i):
+        return compiled(variables, *batches[i % len(batches)])
+
+    timing = bench_util.time_steps(
+        run_step, jax.block_until_ready, warmup=FLAGS.warmup, steps=FLAGS.steps
+    )
+    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+    rate, n = bench_util.jax_matmul_rate(dtype)
+    peak, peak_what = bench_util.jax_peak_memory()
+    return {
+        **timing,
+        "compile_s": compile_s,
+        "peak_bytes": peak,
+        "peak_what": peak_what,
+        "flops": bench_util.compiled_flops(compiled),
+        "flops_what": "XLA cost analysis",
+        "matmul_flops_per_s": rate,
+        "matmul_what": f"{config.model.dtype} {n}^3",
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = FLAGS.config
+    batch_size = FLAGS.batch_size or config.eval_batch_size
+    size = bench_util.image_size(config)
+    model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
+    host_batches = [
+        bench_util.synthetic_batch(
+            i,
+            batch_size=batch_size,
+            height=size[0],
+            width=size[1],
+            max_boxes=config.data.max_boxes,
+            num_classes=FLAGS.num_classes,
+        )
+        for i in range(2)
+    ]
+    if FLAGS.torch_only:
+        bench_util.print_torch_result(
+            bench_util.torch_result(
+                model, host_batches, size, compute_dtype=config.model.dtype, training=False
+            )
+        )
+        return
+    bench_util.print_header("inference", config, batch_size, size)
+    theirs = bench_util.run_torch_subprocess(__file__, sys.argv) if FLAGS.torch else None
+    ours = run_ours(config, model, host_batches)
+    bench_util.report_all(
+        "inference", config, batch_size, size, "ours (frcnn_jax, make_predict_fn)", ours, theirs
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

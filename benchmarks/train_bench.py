@@ -1,0 +1,117 @@
+"""Training speed: our jitted train step, and torchvision's Faster R-CNN on the same sizes.
+
+Run:
+  python benchmarks/train_bench.py --config=configs/voc.py --batch_size=8 \
+    --image_size=608,1024 --steps=20 --config.model.dtype=bfloat16 --torch
+  python benchmarks/train_bench.py --config=configs/synthetic.py --batch_size=2 \
+    --image_size=64 --steps=3 --warmup=1      # a CPU smoke run in seconds
+
+Ours is ``train_lib.jit_train_step`` on the default mesh (all devices, batch
+sharded, state donated) with the real config, compiled once ahead of time;
+batches are random images and boxes already on the device (two alternating
+batches of one shape, so nothing recompiles). Any config field can be
+overridden (``--config.model.dtype=bfloat16``). ``--torch`` first runs
+torchvision's model in a subprocess (see torch_detection.py) and prints the
+ratio ours/theirs. Printed: compile time, steady images/s (median of synchronised
+steps after warm-up), pipelined images/s, peak memory, FLOPs and MFU (see
+bench_util.py), and RESULTS.md table rows.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import bench_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+
+from frcnn_jax import train_lib
+
+FLAGS = bench_util.FLAGS
+
+
+def run_ours(config, model, host_batches: list[dict]) -> dict:
+    """Compiles and times ``jit_train_step``; a bench_util result dict."""
+    variables = train_lib.init_variables(model, jax.random.key(config.seed))
+    state, _ = train_lib.create_train_state(config, model, variables)
+    mesh = train_lib.make_mesh()
+    if config.batch_size % mesh.size:
+        raise app.UsageError(
+            f"--batch_size={config.batch_size} is not divisible by the {mesh.size} devices"
+        )
+    state = train_lib.replicate(state, mesh)
+    batches = [train_lib.shard_batch(b, mesh) for b in host_batches]
+    root = jax.random.key(config.seed)
+    keys = [jax.random.fold_in(root, i) for i in range(FLAGS.warmup + 2 * FLAGS.steps)]
+    step_fn = train_lib.jit_train_step(mesh)
+
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, batches[0], keys[0]).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run_step(i):
+        holder["state"], metrics = compiled(holder["state"], batches[i % len(batches)], keys[i])
+        return metrics
+
+    timing = bench_util.time_steps(
+        run_step, jax.block_until_ready, warmup=FLAGS.warmup, steps=FLAGS.steps
+    )
+    loss = float(run_step(0)["total"])
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss} on random data")
+    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+    rate, n = bench_util.jax_matmul_rate(dtype)
+    peak, peak_what = bench_util.jax_peak_memory()
+    return {
+        **timing,
+        "compile_s": compile_s,
+        "peak_bytes": peak,
+        "peak_what": peak_what,
+        "flops": bench_util.compiled_flops(compiled),
+        "flops_what": "XLA cost analysis",
+        "matmul_flops_per_s": rate,
+        "matmul_what": f"{config.model.dtype} {n}^3",
+    }
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = FLAGS.config
+    if FLAGS.batch_size:
+        config.batch_size = FLAGS.batch_size
+    size = bench_util.image_size(config)
+    model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
+    host_batches = [
+        bench_util.synthetic_batch(
+            i,
+            batch_size=config.batch_size,
+            height=size[0],
+            width=size[1],
+            max_boxes=config.data.max_boxes,
+            num_classes=FLAGS.num_classes,
+        )
+        for i in range(2)
+    ]
+    if FLAGS.torch_only:
+        bench_util.print_torch_result(
+            bench_util.torch_result(
+                model, host_batches, size, compute_dtype=config.model.dtype, training=True
+            )
+        )
+        return
+    bench_util.print_header("train", config, config.batch_size, size)
+    # torchvision first, in its own process, while JAX holds no device memory yet.
+    theirs = bench_util.run_torch_subprocess(__file__, sys.argv) if FLAGS.torch else None
+    ours = run_ours(config, model, host_batches)
+    bench_util.report_all(
+        "train", config, config.batch_size, size, "ours (frcnn_jax, jit_train_step)", ours, theirs
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
