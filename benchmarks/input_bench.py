@@ -10,7 +10,9 @@ source alone (decode / synthetic drawing), the pipeline's upper bound. Compare w
 images/s the train step consumes (benchmarks/train_bench.py): the input must be faster.
 """
 
+import os
 import statistics
+import sys
 import time
 
 import jax
@@ -18,7 +20,10 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from frcnn_jax import data
+# `python benchmarks/input_bench.py --config=configs/...`: the configs import `configs`.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from frcnn_jax import data  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to read; default config.data.train_split.")

@@ -106,7 +106,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
 
     compiled_shapes: set[tuple[int, ...]] = set()
-    pending, last = None, {}
+    pending, last, window_sums, window_steps = None, {}, None, 0
     window_start, window_images = time.perf_counter(), 0
     for step in range(start_step, config.num_train_steps):
         batch = train_lib.shard_batch(next(batches), mesh)
@@ -130,11 +130,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if pending is not None:
             jax.block_until_ready(pending)
         pending = metrics
+        # Logged losses are means over the logging window, summed on the device.
+        window_sums = (
+            metrics if window_sums is None else jax.tree.map(jax.numpy.add, window_sums, metrics)
+        )
+        window_steps += 1
 
         done = step + 1
         if done % config.log_every_steps == 0 or done == config.num_train_steps:
             _check_finite(state, checkpointer)
-            last = train_lib.unreplicate_metrics(metrics)
+            last = {
+                k: v / window_steps for k, v in train_lib.unreplicate_metrics(window_sums).items()
+            }
+            window_sums, window_steps = None, 0
             last["learning_rate"] = float(schedule(step))
             elapsed = time.perf_counter() - window_start
             rate = window_images / elapsed if window_images else float("nan")

@@ -264,19 +264,7 @@ def rpn_proposals(model, variables, images, image_sizes):
       P = ``model.test_post_nms_top_n``, for ``draw_proposals``.
     """
 
-    def propose(module, images, image_sizes):
-        _, logits, deltas = module._features(images, image_sizes)
-        anchors = jnp.asarray(module.anchors(images.shape[1], images.shape[2]))
-        return module._propose(
-            logits,
-            deltas,
-            anchors,
-            image_sizes,
-            pre=module.test_pre_nms_top_n,
-            post=module.test_post_nms_top_n,
-        )
-
-    rois, roi_mask = jax.jit(functools.partial(model.apply, method=propose))(
+    rois, roi_mask = jax.jit(functools.partial(model.apply, method=model.proposals))(
         variables, jnp.asarray(images), jnp.asarray(image_sizes)
     )
     return np.asarray(rois), np.asarray(roi_mask)

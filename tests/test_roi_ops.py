@@ -154,8 +154,16 @@ def random_rois(rng, num, extent):
     return rois.astype(np.float32)
 
 
+@pytest.fixture(params=["loop", "table"])
+def pool_path(request, monkeypatch):
+    """roi_pool's two exact implementations: bin-offset loop (small maps), sparse table."""
+    if request.param == "table":
+        monkeypatch.setattr(roi_ops, "POOL_LOOP_MAX_CELLS", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("output_size,spatial_scale", [(7, 1 / 16), (3, 1 / 8), (2, 1.0)])
-def test_roi_pool_matches_reference(output_size, spatial_scale):
+def test_roi_pool_matches_reference(output_size, spatial_scale, pool_path):
     rng = np.random.default_rng(output_size)
     features = rng.normal(size=(9, 13, 3)).astype(np.float32)
     features[2:6, 3:9] = 1.5  # a plateau: ties must pick the first maximum
@@ -166,10 +174,18 @@ def test_roi_pool_matches_reference(output_size, spatial_scale):
     # The gradient flows to the kernel's argmax, the first maximum in row-major order.
     grad_out = rng.normal(size=expected.shape).astype(np.float32)
     grad = jax.jit(jax.grad(lambda f: jnp.sum(pool(f, rois) * grad_out)))(features)
-    np.testing.assert_allclose(grad, ref_roi_pool_grad(features.shape, argmax, grad_out), atol=1e-5)
+    expected_grad = ref_roi_pool_grad(features.shape, argmax, grad_out)
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-5)
+    # Batched as in the detector: vmap batches the loop and the custom gradient's scatter.
+    loss = lambda f: jnp.sum(jax.vmap(pool, (0, None))(f, rois) * grad_out)  # noqa: E731
+    grads = jax.jit(jax.grad(loss))(np.stack([features, -features]))
+    np.testing.assert_allclose(grads[0], expected_grad, atol=1e-5)
+    _, argmax = ref_roi_pool(-features, rois, output_size, spatial_scale)
+    expected_grad = ref_roi_pool_grad(features.shape, argmax, grad_out)
+    np.testing.assert_allclose(grads[1], expected_grad, atol=1e-5)
 
 
-def test_roi_pool_hand_cases():
+def test_roi_pool_hand_cases(pool_path):
     features = np.arange(16, dtype=np.float32).reshape(4, 4, 1)  # value = 4 * row + col
     pool = jax.jit(functools.partial(roi_ops.roi_pool, output_size=2, spatial_scale=1.0))
     # The whole map: rows/cols [0, 4) -> bins [0, 2) and [2, 4); maxima at their bottom right.
@@ -184,7 +200,7 @@ def test_roi_pool_hand_cases():
     np.testing.assert_array_equal(pool(features, np.array([[10, 10, 12, 12]])), 0)
 
 
-def test_roi_pool_bin_edges_are_exact():
+def test_roi_pool_bin_edges_are_exact(pool_path):
     rows = np.arange(64, dtype=np.float32)[:, None, None] * np.ones((1, 2, 1), np.float32)
     pool7 = jax.jit(functools.partial(roi_ops.roi_pool, output_size=7, spatial_scale=1.0))
     # 21 rows into 7 bins of exactly 3 rows: rows [3i, 3i + 3). With 21 / 7 computed as

@@ -180,7 +180,7 @@ class ResNetFPN(nn.Module):
 
 
 class SmallNet(nn.Module):
-    """A small plain conv net at stride 16 for CPU work (the embedded config, tests).
+    """A small plain conv net for CPU work (the embedded config, tests): stride 2^len(widths).
 
     Each stage halves the resolution with a strided 3x3 conv, then refines with
     a second 3x3 conv at the lower resolution (cheap: no full-resolution conv).
@@ -188,14 +188,18 @@ class SmallNet(nn.Module):
 
     widths: Sequence[int] = (32, 64, 96, 128)
     dtype: Dtype = jnp.float32
-    strides = (16,)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
-        if len(self.widths) != 4:
-            raise ValueError(f"SmallNet needs 4 widths (stride 16), got {self.widths}")
+        if not 2 <= len(self.widths) <= 5:
+            raise ValueError(f"SmallNet needs 2..5 widths (strides 4..32), got {self.widths}")
+        # He initialisation: trained from scratch, with ReLUs and no normalisation,
+        # LeCun's default would shrink activations by half a variance per layer.
+        init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
         for i, width in enumerate(self.widths):
-            conv = functools.partial(nn.Conv, width, (3, 3), padding=_pad(3), dtype=self.dtype)
+            conv = functools.partial(
+                nn.Conv, width, (3, 3), padding=_pad(3), kernel_init=init, dtype=self.dtype
+            )
             x = nn.relu(conv(strides=2, name=f"conv{i + 1}_1")(x))
             x = nn.relu(conv(name=f"conv{i + 1}_2")(x))
         return [x]

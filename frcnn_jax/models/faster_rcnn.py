@@ -120,37 +120,51 @@ class FasterRCNN(nn.Module):
             raise ValueError(
                 f"model.backbone={self.backbone!r}; choose one of {sorted(backbones.BACKBONES)}"
             )
-        kwargs = {"widths": tuple(self.small_widths)} if self.backbone == "small" else {}
-        self.body = backbones.BACKBONES[self.backbone](dtype=self.dtype, **kwargs)
+        self.body = self._make_body()
         self.rpn = RPNHead(self.anchors_per_position, channels=self.rpn_channels, dtype=self.dtype)
         self.head = RoIHead(self.num_classes + 1, hidden=tuple(self.roi_hidden), dtype=self.dtype)
+
+    def _make_body(self, **kwargs) -> nn.Module:
+        if self.backbone == "small":
+            kwargs["widths"] = tuple(self.small_widths)
+        return backbones.BACKBONES[self.backbone](dtype=self.dtype, **kwargs)
+
+    def _strides(self) -> tuple[int, ...]:
+        if self.backbone == "small":
+            return (2 ** len(self.small_widths),)
+        factory = backbones.BACKBONES[self.backbone]
+        return (factory.func if isinstance(factory, functools.partial) else factory).strides
+
+    def anchors_for_shapes(self, feature_shapes) -> jnp.ndarray:
+        """float32 ``[A, 4]`` anchors for feature maps of the given (h, w), in the RPN's order."""
+        strides = self._strides()
+        shapes = [tuple(int(d) for d in shape) for shape in feature_shapes]
+        if self.is_fpn:
+            anchors = anchors_lib.pyramid_anchors(
+                shapes,
+                strides=strides,
+                sizes=tuple(self.fpn_anchor_sizes),
+                ratios=tuple(self.anchor_ratios),
+            )
+        else:
+            base = anchors_lib.anchor_base(
+                base_size=strides[0],
+                ratios=tuple(self.anchor_ratios),
+                scales=tuple(self.anchor_scales),
+            )
+            anchors = anchors_lib.grid_anchors(base, strides[0], *shapes[0])
+        return jnp.asarray(anchors, jnp.float32)
 
     def anchors(self, image_height: int, image_width: int) -> jnp.ndarray:
         """float32 ``[A, 4]`` anchors of a padded image, in the RPN outputs' order.
 
-        They depend only on the (static) padded shape, so XLA folds them into
-        constants.
+        Feature map sizes come from the backbone itself (``jax.eval_shape``):
+        VGG16's pools floor odd sizes where strided convolutions ceil them.
         """
-        strides = self._strides()
-        shapes = [(-(-image_height // s), -(-image_width // s)) for s in strides]
-        if self.is_fpn:
-            return jnp.asarray(
-                anchors_lib.pyramid_anchors(
-                    shapes,
-                    strides=strides,
-                    sizes=tuple(self.fpn_anchor_sizes),
-                    ratios=tuple(self.anchor_ratios),
-                ),
-                jnp.float32,
-            )
-        base = anchors_lib.anchor_base(
-            base_size=strides[0], ratios=tuple(self.anchor_ratios), scales=tuple(self.anchor_scales)
-        )
-        return jnp.asarray(anchors_lib.grid_anchors(base, strides[0], *shapes[0]), jnp.float32)
-
-    def _strides(self) -> tuple[int, ...]:
-        factory = backbones.BACKBONES[self.backbone]
-        return (factory.func if isinstance(factory, functools.partial) else factory).strides
+        body = self._make_body(parent=None)  # a free-standing copy, only for its shapes
+        image = jax.ShapeDtypeStruct((1, image_height, image_width, 3), jnp.float32)
+        outputs = jax.eval_shape(lambda x: body.init_with_output(jax.random.key(0), x)[0], image)
+        return self.anchors_for_shapes([o.shape[1:3] for o in outputs])
 
     def _features(self, images, image_sizes):
         x = normalize_images(
@@ -208,7 +222,7 @@ class FasterRCNN(nn.Module):
         """
         batch = images.shape[0]
         features, rpn_logits, rpn_deltas = self._features(images, image_sizes)
-        anchors = jnp.asarray(self.anchors(images.shape[1], images.shape[2]))
+        anchors = self.anchors_for_shapes([f.shape[1:3] for f in features])
         split_keys = jax.vmap(jax.random.split)(keys)  # [B, 2]
         anchor_keys, roi_keys = split_keys[:, 0], split_keys[:, 1]
 
@@ -268,6 +282,19 @@ class FasterRCNN(nn.Module):
         }
         return losses, aux
 
+    def proposals(self, images, image_sizes):
+        """Test-time RPN proposals: rois ``[B, P, 4]`` best first, roi_mask ``[B, P]``."""
+        features, rpn_logits, rpn_deltas = self._features(images, image_sizes)
+        anchors = self.anchors_for_shapes([f.shape[1:3] for f in features])
+        return self._propose(
+            rpn_logits,
+            rpn_deltas,
+            anchors,
+            image_sizes,
+            pre=self.test_pre_nms_top_n,
+            post=self.test_post_nms_top_n,
+        )
+
     def detect(self, images, image_sizes):
         """Inference: padded detections in the (resized) input image's pixels.
 
@@ -280,7 +307,7 @@ class FasterRCNN(nn.Module):
           ``valid`` bool ``[B, D]``; D = max_detections, sorted by score.
         """
         features, rpn_logits, rpn_deltas = self._features(images, image_sizes)
-        anchors = jnp.asarray(self.anchors(images.shape[1], images.shape[2]))
+        anchors = self.anchors_for_shapes([f.shape[1:3] for f in features])
         rois, roi_mask = self._propose(
             rpn_logits,
             rpn_deltas,
