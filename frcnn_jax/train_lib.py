@@ -162,16 +162,20 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(devices.reshape(-1), (DATA_AXIS,))
 
 
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Splits the leading (batch) axis over the mesh's data axis."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
 def jit_train_step(mesh: Mesh):
     """``train_step`` jitted with the batch sharded over ``mesh`` and the state replicated.
 
     The state argument is donated: its buffers are reused for the new state.
     """
     replicated = NamedSharding(mesh, P())
-    data = NamedSharding(mesh, P(DATA_AXIS))
     return jax.jit(
         train_step,
-        in_shardings=(replicated, data, replicated),
+        in_shardings=(replicated, data_sharding(mesh), replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
     )
@@ -194,9 +198,8 @@ def replicate_for_pmap(tree, num_devices: int | None = None):
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:
-    """Puts the train keys of a host batch on the mesh, split along the batch axis."""
-    sharding = NamedSharding(mesh, P(DATA_AXIS))
-    return {k: jax.device_put(batch[k], sharding) for k in TRAIN_KEYS}
+    """Puts the train keys of a (single-process) host batch on the mesh, split along the batch."""
+    return {k: jax.device_put(batch[k], data_sharding(mesh)) for k in TRAIN_KEYS}
 
 
 def replicate(tree, mesh: Mesh):

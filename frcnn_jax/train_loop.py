@@ -92,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mesh = train_lib.make_mesh()
     state = train_lib.replicate(state, mesh)
     step_fn = train_lib.jit_train_step(mesh)
-    batches = iter(
+    dataset = iter(
         data_lib.create_dataset(
             config.data,
             split=config.data.train_split,
@@ -104,12 +104,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             start_step=start_step,
         )
     )
+    # Two batches in flight on the devices: host-to-device copies overlap the step; each
+    # process's batch becomes its slice of the global array (multi-host too).
+    batches = data_lib.prefetch_to_device(
+        ({k: batch[k] for k in train_lib.TRAIN_KEYS} for batch in dataset),
+        size=2,
+        sharding=train_lib.data_sharding(mesh),
+    )
 
     compiled_shapes: set[tuple[int, ...]] = set()
     pending, last, window_sums, window_steps = None, {}, None, 0
     window_start, window_images = time.perf_counter(), 0
     for step in range(start_step, config.num_train_steps):
-        batch = train_lib.shard_batch(next(batches), mesh)
+        batch = next(batches)
         shape = tuple(batch["images"].shape)
         first = shape not in compiled_shapes
         if first:
