@@ -27,6 +27,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -89,6 +90,23 @@ def synthetic_batch(
     }
 
 
+def synthetic_batches(
+    config, *, batch_size: int, size: tuple[int, int]
+) -> list[dict[str, np.ndarray]]:
+    """Two :func:`synthetic_batch` batches of one shape (steps alternate them: no recompile)."""
+    return [
+        synthetic_batch(
+            i,
+            batch_size=batch_size,
+            height=size[0],
+            width=size[1],
+            max_boxes=config.data.max_boxes,
+            num_classes=FLAGS.num_classes,
+        )
+        for i in range(2)
+    ]
+
+
 def time_steps(run_step, sync, *, warmup: int, steps: int) -> dict[str, float]:
     """Median synchronised step time and pipelined time per step, in seconds.
 
@@ -126,8 +144,6 @@ def jax_peak_memory() -> tuple[int, str]:
 
 def jax_matmul_rate(dtype, size: int | None = None) -> tuple[float, int]:
     """(FLOP/s, n) of an n x n x n matmul in ``dtype`` on the default device."""
-    import jax.numpy as jnp  # noqa: PLC0415
-
     n = size or FLAGS.matmul_size or (1024 if jax.default_backend() == "cpu" else 8192)
     a = jax.random.normal(jax.random.key(0), (n, n), dtype)
     b = jax.random.normal(jax.random.key(1), (n, n), dtype)
@@ -142,6 +158,27 @@ def compiled_flops(compiled) -> float:
     if isinstance(cost, list | tuple):
         cost = cost[0] if cost else {}
     return float((cost or {}).get("flops", 0.0))
+
+
+def jax_result(config, compiled, *, compile_s: float, timing: dict[str, float]) -> dict:
+    """Our figures for :func:`report` from an ahead-of-time ``compiled`` step.
+
+    Adds to ``timing`` (from :func:`time_steps`) and ``compile_s`` the peak memory, XLA's FLOP
+    count of ``compiled`` and the measured matmul rate of config.model.dtype.
+    """
+    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+    rate, n = jax_matmul_rate(dtype)
+    peak, peak_what = jax_peak_memory()
+    return {
+        **timing,
+        "compile_s": compile_s,
+        "peak_bytes": peak,
+        "peak_what": peak_what,
+        "flops": compiled_flops(compiled),
+        "flops_what": "XLA cost analysis",
+        "matmul_flops_per_s": rate,
+        "matmul_what": f"{config.model.dtype} {n}^3",
+    }
 
 
 def versions() -> str:

@@ -20,7 +20,6 @@ import time
 
 import bench_util
 import jax
-import jax.numpy as jnp
 from absl import app
 
 from frcnn_jax import eval_lib, train_lib
@@ -44,19 +43,7 @@ def run_ours(config, model, host_batches: list[dict]) -> dict:
     timing = bench_util.time_steps(
         run_step, jax.block_until_ready, warmup=FLAGS.warmup, steps=FLAGS.steps
     )
-    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-    rate, n = bench_util.jax_matmul_rate(dtype)
-    peak, peak_what = bench_util.jax_peak_memory()
-    return {
-        **timing,
-        "compile_s": compile_s,
-        "peak_bytes": peak,
-        "peak_what": peak_what,
-        "flops": bench_util.compiled_flops(compiled),
-        "flops_what": "XLA cost analysis",
-        "matmul_flops_per_s": rate,
-        "matmul_what": f"{config.model.dtype} {n}^3",
-    }
+    return bench_util.jax_result(config, compiled, compile_s=compile_s, timing=timing)
 
 
 def main(argv):
@@ -66,17 +53,7 @@ def main(argv):
     batch_size = FLAGS.batch_size or config.eval_batch_size
     size = bench_util.image_size(config)
     model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
-    host_batches = [
-        bench_util.synthetic_batch(
-            i,
-            batch_size=batch_size,
-            height=size[0],
-            width=size[1],
-            max_boxes=config.data.max_boxes,
-            num_classes=FLAGS.num_classes,
-        )
-        for i in range(2)
-    ]
+    host_batches = bench_util.synthetic_batches(config, batch_size=batch_size, size=size)
     if FLAGS.torch_only:
         bench_util.print_torch_result(
             bench_util.torch_result(

@@ -5,7 +5,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,15 +17,6 @@ IMAGE_SIZE = (64, 72)
 ANCHORS = np.asarray(grid_anchors(anchor_base(8, scales=(1, 2, 4)), 8, 8, 9))
 
 propose_jit = jax.jit(propose, static_argnames=("pre_nms_top_n", "post_nms_top_n", "nms_threshold"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Compile time dominates these tiny tests; XLA's optimisations don't pay here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 # ---------------------------------------------------------------- reference

@@ -3,20 +3,10 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from frcnn_jax import sampling
 
 sample_indices_jit = jax.jit(sampling.sample_indices, static_argnames="max_size")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Compile time dominates these tiny tests; XLA's optimisations don't pay here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def test_sample_indices_counts_distinct_and_limit():

@@ -119,15 +119,6 @@ anchor_targets_jit = jax.jit(anchor_targets, static_argnames=("num_samples", "po
 proposal_targets_jit = jax.jit(proposal_targets, static_argnames=("num_samples",))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Compile time dominates these tiny tests; XLA's optimisations don't pay here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
-
-
 # ---------------------------------------------------------------- anchor_targets
 def test_anchor_targets_hand_worked():
     anchors = jnp.array(

@@ -93,3 +93,32 @@ def test_image_keys_are_global_indices():
     np.testing.assert_array_equal(
         jax.random.key_data(whole), jax.random.key_data(halves).reshape(4, -1)
     )
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"model.dtype": "bfloat16"},
+        # The FPN path: pyramid anchors, multilevel RoIAlign, frozen batch norm.
+        {"model.backbone": "resnet50_fpn", "model.rpn_channels": 16, "model.roi_op": "align"},
+    ],
+    ids=["bfloat16", "resnet50_fpn"],
+)
+def test_step_variants_give_finite_losses(overrides):
+    config = tiny_config(**overrides)
+    _, state, batch = _setup(config)
+    new_state, metrics = jax.jit(train_lib.train_step)(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["total"])) and int(new_state.nonfinite_step) == -1
+    leaves = jax.tree.leaves(new_state.params)
+    assert all(leaf.dtype == jnp.float32 for leaf in leaves)  # params stay float32
+    if "model.backbone" in overrides:
+        # Frozen stem and layer1 did not move; layer2 did.
+        body = jax.tree.map(
+            lambda a, b: bool(jnp.any(a != b)),
+            state.params["body"]["body"],
+            new_state.params["body"]["body"],
+        )
+        assert not any(jax.tree.leaves(body["conv1"])) and not any(
+            jax.tree.leaves(body["layer1_0"])
+        )
+        assert any(jax.tree.leaves(body["layer2_0"]))

@@ -282,11 +282,11 @@ class FasterRCNN(nn.Module):
         }
         return losses, aux
 
-    def proposals(self, images, image_sizes):
-        """Test-time RPN proposals: rois ``[B, P, 4]`` best first, roi_mask ``[B, P]``."""
+    def _test_rois(self, images, image_sizes):
+        """Features and the test-time proposals (``test_pre/post_nms_top_n``)."""
         features, rpn_logits, rpn_deltas = self._features(images, image_sizes)
         anchors = self.anchors_for_shapes([f.shape[1:3] for f in features])
-        return self._propose(
+        rois, roi_mask = self._propose(
             rpn_logits,
             rpn_deltas,
             anchors,
@@ -294,6 +294,12 @@ class FasterRCNN(nn.Module):
             pre=self.test_pre_nms_top_n,
             post=self.test_post_nms_top_n,
         )
+        return features, rois, roi_mask
+
+    def proposals(self, images, image_sizes):
+        """Test-time RPN proposals: rois ``[B, P, 4]`` best first, roi_mask ``[B, P]``."""
+        _, rois, roi_mask = self._test_rois(images, image_sizes)
+        return rois, roi_mask
 
     def detect(self, images, image_sizes):
         """Inference: padded detections in the (resized) input image's pixels.
@@ -306,16 +312,7 @@ class FasterRCNN(nn.Module):
           ``scores`` float32 ``[B, D]``, ``classes`` int32 ``[B, D]`` 0-based,
           ``valid`` bool ``[B, D]``; D = max_detections, sorted by score.
         """
-        features, rpn_logits, rpn_deltas = self._features(images, image_sizes)
-        anchors = self.anchors_for_shapes([f.shape[1:3] for f in features])
-        rois, roi_mask = self._propose(
-            rpn_logits,
-            rpn_deltas,
-            anchors,
-            image_sizes,
-            pre=self.test_pre_nms_top_n,
-            post=self.test_post_nms_top_n,
-        )
+        features, rois, roi_mask = self._test_rois(images, image_sizes)
         cls_logits, box_deltas = self.head(self._pool(features, rois))
         return jax.vmap(self._postprocess)(cls_logits, box_deltas, rois, roi_mask, image_sizes)
 
