@@ -42,7 +42,8 @@ class UnreadableError(WorkdirError, RuntimeError):
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints")
+    """Absolute path of the workdir's checkpoints (Orbax rejects relative paths)."""
+    return os.path.abspath(os.path.join(workdir, "checkpoints"))
 
 
 def load_run(workdir: str) -> tuple[ml_collections.ConfigDict, tuple[str, ...]]:

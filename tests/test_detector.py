@@ -208,3 +208,11 @@ def test_class_count_mismatch_is_a_clear_error(workdir, tmp_path):
     (copy / "class_names.json").write_text(json.dumps(["a", "b", "c"]))
     with pytest.raises(restore.MismatchError, match=r"3 classes.*cls_score.*shape"):
         Detector.from_checkpoint(str(copy))
+
+
+def test_relative_workdir_restores(workdir, monkeypatch):
+    # Orbax rejects relative checkpoint paths; `eval.py --workdir=runs/x` must still work.
+    monkeypatch.chdir(os.path.dirname(workdir))
+    model, variables, _, _, step = restore.load_model(os.path.basename(workdir))
+    assert step == 4 and model.num_classes == len(synthetic.CLASS_NAMES)
+    assert "head" in variables["params"]
