@@ -7,7 +7,8 @@ r"""Images/s of the input pipeline (source + preprocessing + batching) for a con
 Prints the median and spread of images/s over --windows windows of --window_batches batches
 each, after --warmup_batches (which fill the shuffle buffer). --source_only times the raw
 source alone (decode / synthetic drawing), the pipeline's upper bound. Compare with the
-images/s the train step consumes (benchmarks/train_bench.py): the input must be faster.
+images/s the train step consumes (--train_steps=N times it on the same batches, printed
+next to the pipeline's rate): the input must be faster.
 """
 
 import os
@@ -23,7 +24,7 @@ from ml_collections import config_flags
 # `python benchmarks/input_bench.py --config=configs/...`: the configs import `configs`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from frcnn_jax import data  # noqa: E402
+from frcnn_jax import data, train_lib  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to read; default config.data.train_split.")
@@ -34,6 +35,31 @@ _WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows.")
 _WINDOW_BATCHES = flags.DEFINE_integer("window_batches", 20, "Batches per window.")
 _DEVICE = flags.DEFINE_bool("device_prefetch", False, "Include prefetch_to_device.")
 _SOURCE_ONLY = flags.DEFINE_bool("source_only", False, "Time the raw source alone.")
+_TRAIN_STEP = flags.DEFINE_integer(
+    "train_steps", 0, "Also time this many train steps of the config's model on the same batches."
+)
+
+
+def _train_step_rate(config, batches, batch_size, steps):
+    """Images/s the jitted train step consumes on pipeline batches (after one compiling step)."""
+    model = train_lib.build_model(config.model, num_classes=len(data.get_class_names(config.data)))
+    state, _ = train_lib.create_train_state(
+        config, model, train_lib.init_variables(model, jax.random.key(0))
+    )
+    mesh = train_lib.make_mesh()
+    step_fn = train_lib.jit_train_step(mesh)
+    state = train_lib.replicate(state, mesh)
+    rates, compiled = [], set()
+    for i in range(steps + 1):
+        batch = train_lib.shard_batch(next(batches), mesh)
+        shape = batch["images"].shape
+        start = time.perf_counter()
+        state, metrics = step_fn(state, batch, jax.random.key(i))
+        jax.block_until_ready(metrics)
+        if shape in compiled:
+            rates.append(batch_size / (time.perf_counter() - start))
+        compiled.add(shape)
+    return statistics.median(rates) if rates else float("nan")
 
 
 def _source_batches(config, split, batch_size):
@@ -76,6 +102,12 @@ def main(argv):
         f"{statistics.median(rates):.1f} images/s (min {min(rates):.1f}, max {max(rates):.1f}) "
         f"over {_WINDOWS.value} windows of {_WINDOW_BATCHES.value} batches"
     )
+    if _TRAIN_STEP.value and not _SOURCE_ONLY.value and not _DEVICE.value:
+        consumed = _train_step_rate(config, batches, batch_size, _TRAIN_STEP.value)
+        print(
+            f"train step ({config.model.backbone}, {jax.devices()[0].platform}) consumes "
+            f"{consumed:.1f} images/s; input / step = {statistics.median(rates) / consumed:.1f}x"
+        )
 
 
 if __name__ == "__main__":
