@@ -13,11 +13,13 @@ output is padded to P with ``roi_mask`` False.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax.numpy as jnp
 from jax import lax
 
 from frcnn_jax import boxes as box_lib
-from frcnn_jax.nms import nms
+from frcnn_jax.nms import batched_nms, nms
 
 
 def propose(
@@ -30,6 +32,7 @@ def propose(
     post_nms_top_n: int,
     nms_threshold: float = 0.7,
     min_size=16,
+    level_sizes: Sequence[int] | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Decodes, filters and suppresses anchors into at most P proposals.
 
@@ -57,6 +60,12 @@ def propose(
       min_size: minimum height and width in resized-image pixels (Python number
         or traced scalar). The seed uses ``16 * scale``, scale being the resize
         factor of the image, so the detector passes that per image.
+      level_sizes: for FPN, the number of anchors of each pyramid level, in the
+        order the anchors are concatenated (static ints summing to A). Then, as
+        torchvision's and detectron2's RPNs do, ``pre_nms_top_n`` candidates are
+        taken per level and NMS runs within each level, so large boxes from
+        coarse levels do not suppress small ones from fine levels; the
+        ``post_nms_top_n`` best over all levels are kept.
 
     Returns:
       ``rois``: float32 ``[P, 4]`` kept boxes in descending score order, then
@@ -90,16 +99,44 @@ def propose(
         & jnp.all(jnp.isfinite(boxes), axis=-1)
     )  # [A]
 
-    num_candidates = min(pre_nms_top_n, num_anchors)
     # Filtered boxes sort last; top_k breaks ties by lower index, like nms.
-    top_scores, order = lax.top_k(jnp.where(valid, scores, -jnp.inf), num_candidates)
-    top_boxes = boxes[order]  # [pre, 4]
-    keep, roi_mask = nms(
-        top_boxes,
-        top_scores,
-        iou_threshold=nms_threshold,
-        max_output=post_nms_top_n,
-        valid=valid[order],
-    )  # [P]
+    masked_scores = jnp.where(valid, scores, -jnp.inf)  # [A]
+    if level_sizes is None:
+        top_scores, order = lax.top_k(masked_scores, min(pre_nms_top_n, num_anchors))
+        top_boxes = boxes[order]  # [pre, 4]
+        keep, roi_mask = nms(
+            top_boxes,
+            top_scores,
+            iou_threshold=nms_threshold,
+            max_output=post_nms_top_n,
+            valid=valid[order],
+        )  # [P]
+    else:
+        order, levels = _per_level_top_k(masked_scores, level_sizes, pre_nms_top_n)
+        top_boxes = boxes[order]  # [sum_l min(pre, A_l), 4]
+        keep, roi_mask = batched_nms(
+            top_boxes,
+            masked_scores[order],
+            levels,
+            iou_threshold=nms_threshold,
+            max_output=post_nms_top_n,
+            valid=valid[order],
+        )  # [P]
     rois = jnp.where(roi_mask[:, None], top_boxes[keep], 0.0)  # [P, 4]
     return rois, roi_mask
+
+
+def _per_level_top_k(scores, level_sizes, k):
+    """Indices of the top ``k`` scores of each level (concatenated) and their level ids."""
+    level_sizes = [int(n) for n in level_sizes]
+    if sum(level_sizes) != scores.shape[0] or min(level_sizes) < 1:
+        raise ValueError(
+            f"level_sizes {level_sizes} must be positive and sum to the {scores.shape[0]} anchors"
+        )
+    orders, levels, start = [], [], 0
+    for level, size in enumerate(level_sizes):
+        _, index = lax.top_k(scores[start : start + size], min(k, size))
+        orders.append(index + start)
+        levels.append(jnp.full(index.shape, level, jnp.int32))
+        start += size
+    return jnp.concatenate(orders), jnp.concatenate(levels)

@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -39,7 +40,17 @@ def loop_nms(boxes, thresh):
     return np.asarray(keep, np.int64)
 
 
-def seed_propose(loc, score, anchor, img_size, n_pre_nms, n_post_nms, nms_thresh=0.7, min_size=16):
+def seed_propose(
+    loc,
+    score,
+    anchor,
+    img_size,
+    n_pre_nms,
+    n_post_nms,
+    nms_thresh=0.7,
+    min_size=16,
+    with_scores=False,
+):
     """The seed's ProposalCreator.__call__ in NumPy (float64).
 
     Differences, all documented in propose(): dh, dw are clamped at SCALE_CLAMP
@@ -61,8 +72,9 @@ def seed_propose(loc, score, anchor, img_size, n_pre_nms, n_post_nms, nms_thresh
         keep = np.where((hs >= min_size) & (ws >= min_size) & finite)[0]
     roi, score = roi[keep], score[keep]
     order = np.argsort(-score, kind="stable")[:n_pre_nms]
-    roi = roi[order]
-    return roi[loop_nms(roi, nms_thresh)[:n_post_nms]]
+    roi, score = roi[order], score[order]
+    kept = loop_nms(roi, nms_thresh)[:n_post_nms]
+    return (roi[kept], score[kept]) if with_scores else roi[kept]
 
 
 def random_inputs(seed, num_bad=0):
@@ -191,3 +203,49 @@ def test_propose_ties_go_to_lower_anchor_index():
     )
     np.testing.assert_array_equal(roi_mask, [1, 1, 0])
     np.testing.assert_allclose(rois[:2], [[0, 0, 20, 20], [30, 30, 50, 50]], atol=1e-5)
+
+
+def test_propose_per_level_matches_the_seed_rule_run_on_each_level():
+    # FPN rule: top-k and NMS within each level, then the best P over all levels.
+    # Reference: the seed's ProposalCreator per level (keeping every survivor, with
+    # scores), merged by descending score (stable: lower level first, as the
+    # levels' anchors are concatenated in that order).
+    scores, deltas = random_inputs(11)
+    sizes = [300, 200, len(ANCHORS) - 500]
+    pre, post = 50, 60
+    merged = []
+    start = 0
+    for level, size in enumerate(sizes):
+        part = slice(start, start + size)
+        kept, kept_scores = seed_propose(
+            deltas[part], scores[part], ANCHORS[part], IMAGE_SIZE, pre, size, with_scores=True
+        )
+        merged += [(-sc, level, i, b) for i, (b, sc) in enumerate(zip(kept, kept_scores))]
+        start += size
+    merged.sort(key=lambda t: (t[0], t[1], t[2]))
+    expected = np.array([t[3] for t in merged[:post]])
+    rois, roi_mask = jax.jit(
+        functools.partial(propose, pre_nms_top_n=pre, post_nms_top_n=post, level_sizes=sizes)
+    )(scores, deltas, ANCHORS, IMAGE_SIZE)
+    rois, roi_mask = np.asarray(rois), np.asarray(roi_mask)
+    assert roi_mask.sum() == len(expected)
+    np.testing.assert_allclose(rois[: len(expected)], expected, rtol=1e-5, atol=1e-4)
+    # Without levels, cross-level NMS and one global top-k give a different set.
+    flat, _ = propose_jit(
+        scores, deltas, ANCHORS, IMAGE_SIZE, pre_nms_top_n=pre, post_nms_top_n=post
+    )
+    assert not np.allclose(np.asarray(flat), rois)
+
+
+def test_propose_rejects_level_sizes_that_do_not_cover_the_anchors():
+    scores, deltas = random_inputs(0)
+    with pytest.raises(ValueError, match="level_sizes"):
+        propose(
+            scores,
+            deltas,
+            ANCHORS,
+            IMAGE_SIZE,
+            pre_nms_top_n=10,
+            post_nms_top_n=5,
+            level_sizes=[10, 20],
+        )

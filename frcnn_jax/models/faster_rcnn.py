@@ -190,13 +190,20 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"model.roi_op={self.roi_op!r}; choose 'pool' or 'align'")
         return jax.vmap(fn)(features[0], rois)
 
-    def _propose(self, rpn_logits, rpn_deltas, anchors, image_sizes, *, pre, post):
+    def _propose(self, features, rpn_logits, rpn_deltas, anchors, image_sizes, *, pre, post):
+        # FPN: top-k and NMS per level (torchvision, detectron2); one level: the seed's rule.
+        level_sizes = (
+            [f.shape[1] * f.shape[2] * self.anchors_per_position for f in features]
+            if self.is_fpn
+            else None
+        )
         fn = functools.partial(
             proposals_lib.propose,
             pre_nms_top_n=pre,
             post_nms_top_n=post,
             nms_threshold=self.rpn_nms_threshold,
             min_size=self.rpn_min_size,
+            level_sizes=level_sizes,
         )
         return jax.vmap(fn, in_axes=(0, 0, None, 0))(
             jax.lax.stop_gradient(rpn_logits),
@@ -245,6 +252,7 @@ class FasterRCNN(nn.Module):
         )
 
         rois, roi_mask = self._propose(
+            features,
             rpn_logits,
             rpn_deltas,
             anchors,
@@ -287,6 +295,7 @@ class FasterRCNN(nn.Module):
         features, rpn_logits, rpn_deltas = self._features(images, image_sizes)
         anchors = self.anchors_for_shapes([f.shape[1:3] for f in features])
         rois, roi_mask = self._propose(
+            features,
             rpn_logits,
             rpn_deltas,
             anchors,
