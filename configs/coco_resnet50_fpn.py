@@ -16,7 +16,7 @@ from configs import voc_resnet50_fpn
 def get_config():
     config = voc_resnet50_fpn.get_config()
     config.num_train_steps = 90_000
-    config.lr_decay_steps = [60_000, 80_000]
+    config.lr_decay_steps = (60_000, 80_000)
     config.data.tfds_name = "coco/2017"
     config.data.train_split = "train"
     config.data.eval_split = "validation"

@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.momentum = 0.9
     config.weight_decay = 5e-4
     config.warmup_steps = 500
-    config.lr_decay_steps = [45_000]  # x0.1 after 9 of 14 epochs of VOC07 trainval
+    config.lr_decay_steps = (45_000,)  # x0.1 after 9 of 14 epochs of VOC07 trainval
     config.log_every_steps = 50
     config.checkpoint_every_steps = 5_000
     config.keep_checkpoints = 3

@@ -18,7 +18,7 @@ def get_config():
     config.learning_rate = 0.02
     config.reference_batch_size = 8
     config.warmup_steps = 100
-    config.lr_decay_steps = [900]
+    config.lr_decay_steps = (900,)
     config.log_every_steps = 50
     config.checkpoint_every_steps = 500
     config.eval_every_steps = 1200

@@ -12,7 +12,9 @@ Caffe VGG16 of the paper and simple-faster-rcnn-pytorch takes
 Expected: about 0.70 VOC07 mAP@0.5 from ImageNet weights (0.699 in the paper,
 0.712 in simple-faster-rcnn-pytorch) after 14 epochs of 5011 images at batch 1;
 from random initialisation far less. Scale batch_size with your devices: the
-learning rate follows linearly.
+learning rate follows linearly, but the schedule is in steps, so divide
+num_train_steps, lr_decay_steps and warmup_steps by the same factor (batch 8:
+--config.num_train_steps=8750 --config.lr_decay_steps="(5625,)" --config.warmup_steps=63).
 """
 
 from configs import default

@@ -17,7 +17,7 @@ def get_config():
     config.learning_rate = 0.02
     config.reference_batch_size = 16
     config.num_train_steps = 18_000
-    config.lr_decay_steps = [12_000, 16_000]
+    config.lr_decay_steps = (12_000, 16_000)
     config.warmup_steps = 1_000
     config.model.backbone = "resnet50_fpn"
     config.model.normalization = "torchvision"

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 from frcnn_jax import data as data_lib
@@ -239,6 +240,16 @@ def summary_scalars(metrics: dict) -> dict[str, float]:
     return {k: v for k, v in scalars.items() if v is not None}
 
 
+# Model fields eval.py takes from --config rather than from the trained workdir.
+TEST_TIME_FIELDS = (
+    "score_threshold",
+    "nms_threshold",
+    "max_detections",
+    "test_pre_nms_top_n",
+    "test_post_nms_top_n",
+)
+
+
 def evaluate_checkpoint(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -254,10 +265,28 @@ def evaluate_checkpoint(
         another config (class list or model); the message names the file, step or weights.
     """
     run_config, run_names = restore.load_run(workdir)
-    del run_config  # the given config decides data and test-time options
     restore.check_class_names(workdir, run_names, data_lib.get_class_names(config.data))
-    model = train_lib.build_model(config.model, num_classes=len(run_names))
-    variables, step = restore.restore_variables(workdir, model, config, step=step)
+    # The trained architecture (normalisation, anchors, roi op...) comes from the workdir;
+    # the given config decides the data and the test-time options.
+    model_config = run_config.model.copy_and_resolve_references()
+    with model_config.unlocked():
+        for name in TEST_TIME_FIELDS:
+            if name in config.model:
+                model_config[name] = config.model[name]
+    differing = sorted(
+        k
+        for k in model_config
+        if k in config.model
+        and model_config[k] != config.model[k]
+        and not (
+            isinstance(model_config[k], (list, tuple))
+            and list(model_config[k]) == list(config.model[k])
+        )
+    )
+    if differing:
+        logging.warning("using the workdir's trained model.%s, not --config's", differing)
+    model = train_lib.build_model(model_config, num_classes=len(run_names))
+    variables, step = restore.restore_variables(workdir, model, run_config, step=step)
     output_dir = os.path.join(workdir, "eval")
     metrics = run_evaluation(
         model,

@@ -3,7 +3,8 @@
 As simple-faster-rcnn-pytorch: SGD momentum 0.9, weight decay 5e-4 except on
 biases, lr 1e-3 at batch size 1, x0.1 after 9 of 14 epochs. Frozen parameters
 go through ``optax.set_to_zero`` inside ``optax.multi_transform``: no update,
-no weight decay, and no momentum buffer is allocated for them.
+no weight decay, and no momentum buffer is allocated for them. Unlike the
+reference (a Caffe habit), biases keep the base learning rate, not twice it.
 """
 
 from __future__ import annotations

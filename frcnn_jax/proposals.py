@@ -59,7 +59,8 @@ def propose(
       nms_threshold: IoU above which NMS suppresses the lower-scored box.
       min_size: minimum height and width in resized-image pixels (Python number
         or traced scalar). The seed uses ``16 * scale``, scale being the resize
-        factor of the image, so the detector passes that per image.
+        factor of the image; the detector passes ``model.rpn_min_size`` as is.
+        Zero-area boxes are always dropped.
       level_sizes: for FPN, the number of anchors of each pyramid level, in the
         order the anchors are concatenated (static ints summing to A). Then, as
         torchvision's and detectron2's RPNs do, ``pre_nms_top_n`` candidates are
@@ -94,6 +95,10 @@ def propose(
     valid = (
         (heights >= min_size)
         & (widths >= min_size)
+        # Even with min_size 0: clipped boxes lying in the padding have zero area, IoU 0
+        # with each other, and NMS would never suppress them.
+        & (heights > 0)
+        & (widths > 0)
         & jnp.isfinite(scores)
         & jnp.all(jnp.isfinite(deltas), axis=-1)
         & jnp.all(jnp.isfinite(boxes), axis=-1)

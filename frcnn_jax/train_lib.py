@@ -143,16 +143,14 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, axis_name: str
     if axis_name is not None:
         grads = jax.lax.pmean(grads, axis_name)
         metrics = jax.lax.pmean(metrics, axis_name)
-    finite = jnp.isfinite(metrics["total"]) & (state.nonfinite_step < 0)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    # A finite loss can still come with inf/NaN gradients (e.g. bfloat16 overflow).
+    step_ok = jnp.isfinite(metrics["total"]) & jnp.isfinite(metrics["grad_norm"])
+    finite = step_ok & (state.nonfinite_step < 0)
     updated = state.apply_gradients(grads=grads)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-    first_bad = jnp.where(
-        (state.nonfinite_step < 0) & ~jnp.isfinite(metrics["total"]),
-        state.step,
-        state.nonfinite_step,
-    )
+    first_bad = jnp.where((state.nonfinite_step < 0) & ~step_ok, state.step, state.nonfinite_step)
     new_state = new_state.replace(step=state.step + 1, nonfinite_step=first_bad)
-    metrics["grad_norm"] = optax.tree.norm(grads)
     return new_state, metrics
 
 

@@ -64,6 +64,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             f"config.batch_size={config.batch_size} is not divisible by the {num_devices} devices"
         )
     local_batch = config.batch_size // jax.process_count()
+    buckets = data_lib.bucket_shapes(
+        min_size=config.data.min_size,
+        max_size=config.data.max_size,
+        buckets=config.data.get("buckets") or None,
+    )
+    if jax.process_count() > 1 and len(buckets) > 1:
+        # Each host groups its own shard by bucket; hosts would feed different shapes to
+        # the same global step.
+        raise ValueError(
+            f"multi-host training needs one padded shape; data buckets are {buckets}: set "
+            "--config.data.buckets='((H, W),)' holding every resized image"
+        )
     class_names = data_lib.get_class_names(config.data)
     if jax.process_index() == 0:
         write_run_info(workdir, config, class_names)
@@ -88,6 +100,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("resumed from checkpoint at step %d", int(state.step))
     _check_finite(state, checkpointer)
     start_step = int(state.step)
+    if start_step:
+        logging.info(
+            "replaying the first %d training batches on the host to resume the "
+            "data stream exactly...",
+            start_step,
+        )
 
     mesh = train_lib.make_mesh()
     state = train_lib.replicate(state, mesh)

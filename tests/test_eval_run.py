@@ -122,3 +122,32 @@ def test_eval_py_names_the_missing_step_and_the_steps_found(workdir):
     )
     assert proc.returncode == 1
     assert "no checkpoint for step 7" in proc.stderr and "[2, 4]" in proc.stderr
+
+
+def test_the_trained_architecture_comes_from_the_workdir(tmp_path, monkeypatch):
+    # Trained with Caffe normalisation and RoIPool; evaluated with a config that has
+    # neither (same parameter shapes, so only the workdir can tell): the workdir wins,
+    # while test-time options come from the given config.
+    workdir = tmp_path / "caffe"
+    make_workdir(workdir, tiny_config(**{"model.normalization": "caffe", "model.roi_op": "pool"}))
+    seen = {}
+
+    def fake_run(model, variables, config, **kwargs):
+        seen["model"] = model
+        return {
+            "images": 0,
+            "images_per_second": 0.0,
+            "coco": {},
+            "voc07_map": None,
+            "voc_map": None,
+            "per_class": {},
+            "per_class_voc": {},
+            "step": kwargs["step"],
+        }
+
+    monkeypatch.setattr(evaluate_run, "run_evaluation", fake_run)
+    monkeypatch.setattr(evaluate_run, "ap_table", lambda metrics: "")
+    config = tiny_config(**{"model.score_threshold": 0.3})
+    evaluate_run.evaluate_checkpoint(config, str(workdir), progress=False)
+    assert seen["model"].normalization == "caffe" and seen["model"].roi_op == "pool"
+    assert seen["model"].score_threshold == 0.3

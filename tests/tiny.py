@@ -12,7 +12,7 @@ def tiny_config(**overrides):
     config.eval_every_steps = 0
     config.eval_batch_size = 2
     config.warmup_steps = 1
-    config.lr_decay_steps = [3]
+    config.lr_decay_steps = (3,)
     config.model.small_widths = (8, 8, 16, 16)
     config.model.rpn_channels = 16
     config.model.roi_hidden = (32, 32)
