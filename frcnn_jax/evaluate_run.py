@@ -51,7 +51,7 @@ def predict_split(predict_fn, variables, batches: Iterable[dict], *, progress: b
     Batches of a shape seen for the first time include compilation and are left out of the
     speed, unless every batch was such a one.
     """
-    results, seen = [], set()
+    results, seen, dropped = [], set(), 0
     steady_images, steady_seconds, all_seconds = 0, 0.0, 0.0
     bar = tqdm(desc="evaluating", unit="img", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
@@ -66,8 +66,15 @@ def predict_split(predict_fn, variables, batches: Iterable[dict], *, progress: b
         seen.add(shape)
         all_seconds += seconds
         results.extend(images)
+        dropped += int(np.sum(batch["gt_dropped"] * batch["example_mask"]))
         bar.update(len(images))
     bar.close()
+    if dropped:
+        logging.warning(
+            "%d ground-truth boxes beyond data.max_boxes were left out of the evaluation: "
+            "raise --config.data.max_boxes for exact metrics",
+            dropped,
+        )
     if steady_images:
         return results, steady_images / max(steady_seconds, 1e-9)
     return results, len(results) / max(all_seconds, 1e-9)

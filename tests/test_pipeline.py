@@ -170,6 +170,7 @@ def test_degenerate_boxes_dropped_and_max_boxes_truncates():
     )
     np.testing.assert_array_equal(out["gt_labels"], [2, 4, 5])  # labels follow their boxes
     assert out["gt_valid"].all() and out["gt_mask"].all()
+    assert out["gt_dropped"] == 1  # 4 usable boxes, 3 slots; degenerate ones do not count
 
 
 @pytest.mark.parametrize("exclude_difficult", [True, False])
@@ -282,6 +283,7 @@ def test_create_dataset_batch_contract():
         "gt_difficult": ((3, 3), np.bool_),
         "gt_valid": ((3, 3), np.bool_),
         "example_mask": ((3,), np.bool_),
+        "gt_dropped": ((3,), np.int32),
     }
     assert set(batch) == set(expected) | {"image_ids"}
     for key, (shape, dtype) in expected.items():

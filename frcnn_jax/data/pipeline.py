@@ -10,7 +10,8 @@ Rules (issue 4), all deterministic given the seed:
 - Boxes are clipped to the original image first; a box with zero height or width after
   clipping (or a NaN coordinate) is unusable and dropped entirely (neither gt_valid nor
   gt_mask). The first G remaining boxes in source order are kept, the rest truncated.
-- gt_mask = gt_valid and not (gt_difficult and exclude_difficult).
+- gt_mask = gt_valid and not (gt_difficult and exclude_difficult). "gt_dropped" int32 counts
+  the usable boxes truncated by max_boxes (evaluation warns when it is not 0).
 - Training flip: image mirrored, xmin' = w - xmax, xmax' = w - xmin (resized coordinates).
 - Padding: zeros at bottom/right to the smallest-area bucket that holds (h, w); the buckets are
   multiples of 32, all images of a batch share one. Evaluation keeps every image exactly once;
@@ -179,6 +180,8 @@ def preprocess(
         "gt_difficult": tf.reshape(difficult, [max_boxes]),
         "gt_valid": tf.reshape(valid, [max_boxes]),
         "example_mask": tf.constant(True),
+        # Usable boxes beyond max_boxes: evaluation must not silently score fewer gt.
+        "gt_dropped": tf.maximum(tf.size(labels) - max_boxes, 0),
         "image_ids": example["image_id"],
     }
 
