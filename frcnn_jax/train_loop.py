@@ -19,7 +19,11 @@ from frcnn_jax.config_lib import validate_config
 
 
 def _eval(model, state, config, class_names, writer, workdir, step) -> dict:
-    variables = {"params": state.params, "frozen": state.frozen}
+    """Evaluates on the first process only, on its local devices (the metrics need every
+    image in one place); other processes go on. Parameters come to the host once."""
+    if jax.process_index() != 0:
+        return {}
+    variables = jax.device_get({"params": state.params, "frozen": state.frozen})
     result = evaluate_run.run_evaluation(
         model,
         variables,
@@ -195,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             done % config.eval_every_steps == 0 or done == config.num_train_steps
         ):
             result = _eval(model, state, config, class_names, writer, workdir, done)
-            last.update({"voc07_map": result["voc07_map"], "voc_map": result["voc_map"]})
+            last.update({k: result[k] for k in ("voc07_map", "voc_map") if k in result})
     checkpointer.close()
     writer.flush()
     return last
