@@ -1,5 +1,7 @@
 """The train step end to end: a real step on tiny data, the non-finite guard, and train.py."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,13 +72,16 @@ def test_train_and_evaluate_runs_logs_checkpoints_and_stops_on_nan(tmp_path):
         int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()
     ) == [2, 4]
     assert (tmp_path / "config.json").exists() and (tmp_path / "class_names.json").exists()
-    # Resuming a finished run is a no-op that reports the restored step's state.
+    # Resume from step 4 with an absurd learning rate: the loss blows up, training stops
+    # naming the step, and no checkpoint is written at or after it.
     config.learning_rate = 1e12
     config.num_train_steps = 8
-    with pytest.raises(FloatingPointError, match="non-finite loss at step"):
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step (\d+)") as error:
         train_loop.train_and_evaluate(config, str(tmp_path))
+    bad_step = int(re.search(r"at step (\d+)", str(error.value)).group(1))
+    assert 4 <= bad_step < 8
     steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert max(steps) <= 6  # nothing saved at or after the bad step
+    assert max(steps) <= bad_step and 4 in steps  # the good checkpoint survives
 
 
 def test_build_model_rejects_unknown_fields():

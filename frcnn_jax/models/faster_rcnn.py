@@ -180,7 +180,7 @@ class FasterRCNN(nn.Module):
         p = self.roi_output_size
         if self.is_fpn:
             fn = functools.partial(roi_ops.multilevel_roi_align, output_size=p)
-            return jax.vmap(lambda f, r: fn(f, r))(features[:4], rois)
+            return jax.vmap(fn)(features[:4], rois)
         scale = 1.0 / self._strides()[0]
         if self.roi_op == "pool":
             fn = functools.partial(roi_ops.roi_pool, output_size=p, spatial_scale=scale)
