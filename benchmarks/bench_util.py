@@ -12,24 +12,30 @@ of the compute dtype, measured on the same device in the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
+import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Run as a script from anywhere: the package and configs/ live in the repository root.
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
+from frcnn_jax import host_memory  # noqa: E402
+
+# Before JAX starts its threads, with the defaults of the programs measured: eval.py and predict
+# tune (inference), train.py does not. FRCNN_JAX_TUNE_MALLOC=0/1 overrides; see host_memory.py.
+MALLOC_TUNED = host_memory.tune_malloc(default=os.path.basename(sys.argv[0]) == "infer_bench.py")
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
+from bench_timing import TORCH_MARKER, max_rss_bytes, time_steps  # noqa: E402, F401 (re-exported)
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -41,10 +47,13 @@ flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_integer("num_classes", 20, "Object classes (without background), VOC's 20.")
 flags.DEFINE_integer("matmul_size", None, "Side of the reference matmul (default 8192, CPU 1024).")
 flags.DEFINE_bool("torch", False, "Also run torchvision's Faster R-CNN (in a subprocess).")
-flags.DEFINE_bool("torch_only", False, "Internal: run only the torchvision side, print JSON.")
+flags.DEFINE_string(
+    "torch_python",
+    None,
+    "Python that runs torchvision's side (default: this one). It needs only torch, torchvision "
+    "and numpy, so a separate environment can hold a torchvision whose compiled ops load.",
+)
 flags.mark_flag_as_required("config")
-
-TORCH_MARKER = "TORCH_RESULT "
 
 
 def image_size(config) -> tuple[int, int]:
@@ -105,33 +114,6 @@ def synthetic_batches(
         )
         for i in range(2)
     ]
-
-
-def time_steps(run_step, sync, *, warmup: int, steps: int) -> dict[str, float]:
-    """Median synchronised step time and pipelined time per step, in seconds.
-
-    ``run_step(i)`` launches step i; ``sync(out)`` waits for its result.
-    """
-    for i in range(warmup):
-        sync(run_step(i))
-    times = []
-    for i in range(warmup, warmup + steps):
-        start = time.perf_counter()
-        sync(run_step(i))
-        times.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    out = None
-    for i in range(warmup + steps, warmup + 2 * steps):
-        out = run_step(i)
-    sync(out)
-    return {
-        "median_s": statistics.median(times),
-        "pipelined_s": (time.perf_counter() - start) / steps,
-    }
-
-
-def max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def jax_peak_memory() -> tuple[int, str]:
@@ -259,43 +241,55 @@ def report_ratio(ours: dict, theirs: dict) -> None:
     )
 
 
-def run_torch_subprocess(script: str, argv: list[str]) -> dict:
-    """Runs ``script --torch_only`` with the same flags; its JSON result or ``{"error": why}``.
+def run_torch(
+    model, batches: list[dict], size: tuple[int, int], *, compute_dtype: str, training: bool
+) -> dict:
+    """torchvision's figures on the same batches, from torch_detection.py in a subprocess.
 
-    A separate process keeps torch's and JAX's device memory (JAX preallocates)
-    and peak-RSS figures apart, and a torchvision that cannot load (a CUDA build
-    next to a CPU torch: its compiled nms/roi_align are missing) cannot crash us.
+    Returns its JSON result, or ``{"error": why}`` where torchvision cannot load
+    or run. A separate process keeps torch's and JAX's device memory (JAX
+    preallocates) and peak-RSS figures apart, lets ``--torch_python`` point at
+    another environment, and a torchvision that cannot load (a CUDA build next
+    to a CPU torch: its compiled nms/roi_align are missing) cannot crash us.
     """
-    args = [
-        sys.executable,
-        script,
-        *[a for a in argv[1:] if not a.startswith("--torch")],
-        "--torch_only",
-    ]
-    proc = subprocess.run(args, capture_output=True, text=True)
+    spec = {
+        # Every field of our FasterRCNN module that JSON can carry (tuples become lists).
+        "model": {
+            f.name: getattr(model, f.name)
+            for f in dataclasses.fields(model)
+            if isinstance(getattr(model, f.name), int | float | str | tuple)
+        },
+        "image_size": list(size),
+        "compute_dtype": compute_dtype,
+        "training": training,
+        "warmup": FLAGS.warmup,
+        "steps": FLAGS.steps,
+        "matmul_size": FLAGS.matmul_size,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, batches_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "batches.npz")
+        with open(spec_path, "w") as f:
+            json.dump(spec, f)
+        arrays = {f"{i}/{k}": v for i, batch in enumerate(batches) for k, v in batch.items()}
+        np.savez(batches_path, **arrays)
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_detection.py")
+        python = FLAGS.torch_python or sys.executable
+        try:
+            proc = subprocess.run(
+                [python, script, spec_path, batches_path],
+                capture_output=True,
+                text=True,
+                # Same hardware, same allocator: torch gets the malloc settings ours runs with.
+                env={**os.environ, **(host_memory.GLIBC_ENV if MALLOC_TUNED else {})},
+            )
+        except OSError as e:
+            return {"error": f"--torch_python={python!r} cannot run: {e}"}
     for line in proc.stdout.splitlines():
         if line.startswith(TORCH_MARKER):
             return json.loads(line[len(TORCH_MARKER) :])
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    return {"error": lines[-1] if lines else f"exit status {proc.returncode}, no output"}
-
-
-def print_torch_result(result: dict) -> None:
-    print(TORCH_MARKER + json.dumps(result))
-
-
-def torch_result(
-    model, batches: list[dict], size: tuple[int, int], *, compute_dtype: str, training: bool
-) -> dict:
-    """torchvision's figures, or ``{"error": why}`` where it cannot load or run here."""
-    try:
-        import torch_detection  # noqa: PLC0415 (torch and torchvision are optional)
-
-        return torch_detection.run(
-            model, batches, size, compute_dtype=compute_dtype, training=training
-        )
-    except Exception as e:  # Any failure to load or run torchvision is reported, not raised.
-        return {"error": f"torchvision cannot run: {type(e).__name__}: {e}"}
+    why = lines[-1] if lines else f"exit status {proc.returncode}, no output"
+    return {"error": f"torchvision cannot run: {why}"}
 
 
 def print_header(bench: str, config, batch_size: int, size: tuple[int, int]) -> None:
@@ -306,6 +300,7 @@ def print_header(bench: str, config, batch_size: int, size: tuple[int, int]) -> 
     padded = [-(-side // PAD_MULTIPLE) * PAD_MULTIPLE for side in size]
     print(f"padded to {padded[0]}x{padded[1]} (the pipeline's buckets); torchvision pads itself")
     print(f"device: {device_description()}; {versions()}")
+    print(f"host malloc tuned (frcnn_jax.host_memory): {MALLOC_TUNED}")
     print(f"command: {' '.join(sys.argv)}")
 
 

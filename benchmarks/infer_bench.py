@@ -15,7 +15,6 @@ Printed figures as in train_bench.py.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import bench_util
@@ -54,15 +53,14 @@ def main(argv):
     size = bench_util.image_size(config)
     model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=batch_size, size=size)
-    if FLAGS.torch_only:
-        bench_util.print_torch_result(
-            bench_util.torch_result(
-                model, host_batches, size, compute_dtype=config.model.dtype, training=False
-            )
-        )
-        return
     bench_util.print_header("inference", config, batch_size, size)
-    theirs = bench_util.run_torch_subprocess(__file__, sys.argv) if FLAGS.torch else None
+    theirs = (
+        bench_util.run_torch(
+            model, host_batches, size, compute_dtype=config.model.dtype, training=False
+        )
+        if FLAGS.torch
+        else None
+    )
     ours = run_ours(config, model, host_batches)
     bench_util.report_all(
         "inference", config, batch_size, size, "ours (frcnn_jax, make_predict_fn)", ours, theirs

@@ -1,8 +1,11 @@
 """torchvision's Faster R-CNN configured like ours, for the side-by-side benchmarks.
 
-Runs only in the benchmarks' ``--torch_only`` subprocess; torch and torchvision
-are optional. The torchvision model takes our model's settings (read from the
-same config through ``train_lib.build_model``): anchors, proposal counts,
+Run by train_bench.py / infer_bench.py ``--torch`` as
+``PYTHON torch_detection.py SPEC.json BATCHES.npz`` (``bench_util.run_torch``
+writes both): it needs only torch, torchvision and numpy, never JAX, so
+``--torch_python`` may name another environment. It prints its figures as JSON
+after ``TORCH_MARKER``. The torchvision model takes our model's settings (the
+fields of our ``FasterRCNN`` module in the spec): anchors, proposal counts,
 sample counts, IoU thresholds, RoI op, head widths, number of classes. Its
 transform is set to keep the benchmark's image size (scale 1). Differences that
 remain: torchvision drops proposals under 1e-3 px (ours: ``rpn_min_size``), runs
@@ -11,9 +14,12 @@ per-image Python loops, and at inference runs the same 6000 -> 300 proposals.
 
 from __future__ import annotations
 
+import json
+import sys
 import time
+from types import SimpleNamespace
 
-import bench_util
+import bench_timing
 import numpy as np
 import torch
 import torchvision
@@ -65,6 +71,8 @@ def build_model(ours, image_size: tuple[int, int]) -> torch.nn.Module:
     if ours.backbone == "vgg16":
         backbone = torchvision.models.vgg16(weights=None).features[:-1]  # conv5_3, stride 16
         backbone.out_channels = 512
+        for weight in backbone[:10].parameters():  # conv1_1..conv2_2 frozen, as ours and the seed
+            weight.requires_grad_(False)
         anchors = AnchorGenerator(
             sizes=(tuple(16 * s for s in ours.anchor_scales),),
             aspect_ratios=(tuple(ours.anchor_ratios),),
@@ -118,11 +126,11 @@ def _inputs(batch: dict, device) -> tuple[list, list]:
     return images, targets
 
 
-def _matmul_rate(device, dtype) -> tuple[float, int]:
-    n = bench_util.FLAGS.matmul_size or (1024 if device.type == "cpu" else 8192)
+def _matmul_rate(device, dtype, size: int | None) -> tuple[float, int]:
+    n = size or (1024 if device.type == "cpu" else 8192)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    timing = bench_util.time_steps(lambda i: a @ b, lambda out: _sync(device), warmup=2, steps=5)
+    timing = bench_timing.time_steps(lambda i: a @ b, lambda out: _sync(device), warmup=2, steps=5)
     return 2 * n**3 / timing["median_s"], n
 
 
@@ -132,17 +140,27 @@ def _sync(device) -> None:
 
 
 def run(
-    ours, batches: list[dict], image_size: tuple[int, int], *, compute_dtype: str, training: bool
+    ours,
+    batches: list[dict],
+    image_size: tuple[int, int],
+    *,
+    compute_dtype: str,
+    training: bool,
+    warmup: int,
+    steps: int,
+    matmul_size: int | None = None,
 ) -> dict:
     """Times torchvision's model on ``batches`` (our synthetic layout); a bench_util result dict.
 
-    ``compute_dtype`` "bfloat16" runs under ``torch.autocast`` (float32 weights, as ours).
+    ``ours`` has our FasterRCNN module's field names as attributes. ``compute_dtype``
+    "bfloat16" runs under ``torch.autocast`` (float32 weights, as ours).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if compute_dtype == "bfloat16" else None
     model = build_model(ours, image_size).to(device).train(training)
     inputs = [_inputs(b, device) for b in batches]
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, weight_decay=5e-4)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=1e-4, momentum=0.9, weight_decay=5e-4)
 
     def run_step(i):
         images, targets = inputs[i % len(inputs)]
@@ -162,17 +180,14 @@ def run(
     first_step_s = time.perf_counter() - start
     with FlopCounterMode(display=False) as counter:
         run_step(1)
-    timing = bench_util.time_steps(
-        run_step,
-        lambda out: _sync(device),
-        warmup=bench_util.FLAGS.warmup,
-        steps=bench_util.FLAGS.steps,
+    timing = bench_timing.time_steps(
+        run_step, lambda out: _sync(device), warmup=warmup, steps=steps
     )
-    rate, n = _matmul_rate(device, dtype or torch.float32)
+    rate, n = _matmul_rate(device, dtype or torch.float32, matmul_size)
     if device.type == "cuda":
         peak, peak_what = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
     else:
-        peak, peak_what = bench_util.max_rss_bytes(), "process max RSS"
+        peak, peak_what = bench_timing.max_rss_bytes(), "process max RSS"
     return {
         **timing,
         "first_step_s": first_step_s,
@@ -185,3 +200,30 @@ def run(
         "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
     }
+
+
+def main(spec_path: str, batches_path: str) -> None:
+    with open(spec_path) as f:
+        spec = json.load(f)
+    with np.load(batches_path, allow_pickle=False) as arrays:
+        batches: dict[int, dict] = {}
+        for key in arrays.files:
+            index, name = key.split("/")
+            batches.setdefault(int(index), {})[name] = arrays[key]
+    result = run(
+        SimpleNamespace(**spec["model"]),
+        [batches[i] for i in sorted(batches)],
+        tuple(spec["image_size"]),
+        compute_dtype=spec["compute_dtype"],
+        training=spec["training"],
+        warmup=spec["warmup"],
+        steps=spec["steps"],
+        matmul_size=spec["matmul_size"],
+    )
+    print(bench_timing.TORCH_MARKER + json.dumps(result))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(f"usage: {sys.argv[0]} SPEC.json BATCHES.npz (written by bench_util.run_torch)")
+    main(*sys.argv[1:])

@@ -19,7 +19,6 @@ bench_util.py), and RESULTS.md table rows.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import bench_util
@@ -74,16 +73,15 @@ def main(argv):
     size = bench_util.image_size(config)
     model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=config.batch_size, size=size)
-    if FLAGS.torch_only:
-        bench_util.print_torch_result(
-            bench_util.torch_result(
-                model, host_batches, size, compute_dtype=config.model.dtype, training=True
-            )
-        )
-        return
     bench_util.print_header("train", config, config.batch_size, size)
     # torchvision first, in its own process, while JAX holds no device memory yet.
-    theirs = bench_util.run_torch_subprocess(__file__, sys.argv) if FLAGS.torch else None
+    theirs = (
+        bench_util.run_torch(
+            model, host_batches, size, compute_dtype=config.model.dtype, training=True
+        )
+        if FLAGS.torch
+        else None
+    )
     ours = run_ours(config, model, host_batches)
     bench_util.report_all(
         "train", config, config.batch_size, size, "ours (frcnn_jax, jit_train_step)", ours, theirs

@@ -18,8 +18,13 @@ import os
 import sys
 from collections.abc import Sequence
 
-from frcnn_jax import detector as detector_lib
-from frcnn_jax import restore, visualize
+from frcnn_jax import host_memory
+
+if __name__ == "__main__":  # the command, not an import: before JAX starts its threads
+    host_memory.tune_malloc()
+
+from frcnn_jax import detector as detector_lib  # noqa: E402
+from frcnn_jax import restore, visualize  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 

@@ -1,0 +1,41 @@
+"""Step timing shared by both sides of the benchmarks; needs neither JAX nor torch.
+
+torch_detection.py runs in a Python that may hold only torch, torchvision and
+numpy (``--torch_python``), so what both sides measure with lives here.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+# torch_detection.py prints its result as JSON on one line after this marker.
+TORCH_MARKER = "TORCH_RESULT "
+
+
+def time_steps(run_step, sync, *, warmup: int, steps: int) -> dict[str, float]:
+    """Median synchronised step time and pipelined time per step, in seconds.
+
+    ``run_step(i)`` launches step i; ``sync(out)`` waits for its result.
+    """
+    for i in range(warmup):
+        sync(run_step(i))
+    times = []
+    for i in range(warmup, warmup + steps):
+        start = time.perf_counter()
+        sync(run_step(i))
+        times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    out = None
+    for i in range(warmup + steps, warmup + 2 * steps):
+        out = run_step(i)
+    sync(out)
+    return {
+        "median_s": statistics.median(times),
+        "pipelined_s": (time.perf_counter() - start) / steps,
+    }
+
+
+def max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
