@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from frcnn_jax.models.conv import Conv
+
 Dtype = Any
 
 # torchvision's FrozenBatchNorm2d epsilon.
@@ -73,7 +75,7 @@ class VGG16(nn.Module):
         count = 0
         for block, repeats, features in blocks:
             for i in range(repeats):
-                x = nn.Conv(
+                x = Conv(
                     features, (3, 3), padding=_pad(3), dtype=self.dtype, name=f"conv{block}_{i + 1}"
                 )(x)
                 x = nn.relu(x)
@@ -95,7 +97,7 @@ class Bottleneck(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(FrozenBatchNorm, dtype=self.dtype)
         y = nn.relu(norm(name="bn1")(conv(self.features, (1, 1), name="conv1")(x)))
         y = conv(self.features, (3, 3), strides=self.strides, padding=_pad(3), name="conv2")(y)
@@ -115,7 +117,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
-        x = nn.Conv(
+        x = Conv(
             64, (7, 7), strides=2, padding=_pad(7), use_bias=False, dtype=self.dtype, name="conv1"
         )(x)
         x = nn.relu(FrozenBatchNorm(dtype=self.dtype, name="bn1")(x))
@@ -151,14 +153,14 @@ class FPN(nn.Module):
     @nn.compact
     def __call__(self, inputs: Sequence[jnp.ndarray]) -> list[jnp.ndarray]:
         laterals = [
-            nn.Conv(self.channels, (1, 1), dtype=self.dtype, name=f"inner{i}")(c)
+            Conv(self.channels, (1, 1), dtype=self.dtype, name=f"inner{i}")(c)
             for i, c in enumerate(inputs)
         ]
         merged = [laterals[-1]]
         for lateral in reversed(laterals[:-1]):
             merged.insert(0, lateral + _upsample_to(merged[0], lateral.shape[1], lateral.shape[2]))
         outputs = [
-            nn.Conv(self.channels, (3, 3), padding=_pad(3), dtype=self.dtype, name=f"layer{i}")(m)
+            Conv(self.channels, (3, 3), padding=_pad(3), dtype=self.dtype, name=f"layer{i}")(m)
             for i, m in enumerate(merged)
         ]
         outputs.append(outputs[-1][:, ::2, ::2])  # P6: torchvision's LastLevelMaxPool (kernel 1)
@@ -198,7 +200,7 @@ class SmallNet(nn.Module):
         init = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
         for i, width in enumerate(self.widths):
             conv = functools.partial(
-                nn.Conv, width, (3, 3), padding=_pad(3), kernel_init=init, dtype=self.dtype
+                Conv, width, (3, 3), padding=_pad(3), kernel_init=init, dtype=self.dtype
             )
             x = nn.relu(conv(strides=2, name=f"conv{i + 1}_1")(x))
             x = nn.relu(conv(name=f"conv{i + 1}_2")(x))

@@ -13,6 +13,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from frcnn_jax.models.conv import Conv
+
 Dtype = Any
 
 
@@ -33,7 +35,7 @@ class RPNHead(nn.Module):
     def __call__(self, features: Sequence[jnp.ndarray]) -> tuple[jnp.ndarray, jnp.ndarray]:
         """Objectness logits ``[B, A]``, deltas ``[B, A, 4]`` (float32, levels concatenated)."""
         init = nn.initializers.normal(0.01)  # the seed's normal_init(std=0.01) for all RPN convs
-        conv = nn.Conv(
+        conv = Conv(
             self.channels,
             (3, 3),
             padding=((1, 1), (1, 1)),
@@ -41,12 +43,8 @@ class RPNHead(nn.Module):
             dtype=self.dtype,
             name="conv",
         )
-        cls = nn.Conv(
-            self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype, name="objectness"
-        )
-        box = nn.Conv(
-            self.num_anchors * 4, (1, 1), kernel_init=init, dtype=self.dtype, name="deltas"
-        )
+        cls = Conv(self.num_anchors, (1, 1), kernel_init=init, dtype=self.dtype, name="objectness")
+        box = Conv(self.num_anchors * 4, (1, 1), kernel_init=init, dtype=self.dtype, name="deltas")
         all_logits, all_deltas = [], []
         for x in features:
             x = nn.relu(conv(x))

@@ -1,0 +1,137 @@
+"""models/conv.py: the CPU kernel gradient equals XLA's, and everything else is untouched."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from frcnn_jax.models import conv
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+# (input [B, H, W, C], kernel [KH, KW, C, D], strides, padding): every kind our models use.
+CASES = {
+    "3x3 stride 1": ((2, 9, 11, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1))),
+    "3x3 stride 2, odd size": ((1, 9, 12, 4), (3, 3, 4, 5), (2, 2), ((1, 1), (1, 1))),
+    "1x1 stride 2 (ResNet downsample)": ((2, 8, 10, 6), (1, 1, 6, 3), (2, 2), ((0, 0), (0, 0))),
+    "7x7 stride 2 (ResNet stem)": ((1, 16, 14, 3), (7, 7, 3, 4), (2, 2), ((3, 3), (3, 3))),
+    "asymmetric padding": ((1, 7, 8, 2), (3, 3, 2, 3), (1, 2), ((0, 2), (1, 0))),
+    "SAME string": ((1, 7, 9, 2), (3, 3, 2, 2), (2, 2), "SAME"),
+}
+
+
+def _inputs(case):
+    x_shape, w_shape, strides, padding = CASES[case]
+    kx, kw = jax.random.split(jax.random.key(0))
+    return jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape), strides, padding
+
+
+def _reference(x, w, strides, padding):
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+
+
+def _ours(x, w, strides, padding):
+    return conv.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_values_and_gradients_match_xla(case):
+    x, w, strides, padding = _inputs(case)
+    out_shape = _reference(x, w, strides, padding).shape
+    dy = jax.random.normal(jax.random.key(1), out_shape)  # a cotangent that is not all ones
+
+    def loss(fn):
+        return jax.jit(
+            jax.value_and_grad(lambda x, w: jnp.sum(fn(x, w, strides, padding) * dy), (0, 1))
+        )
+
+    value, (dx, dw) = loss(_ours)(x, w)
+    ref_value, (ref_dx, ref_dw) = loss(_reference)(x, w)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_grad_matmuls_against_a_loop():
+    # Slow and obviously correct: dW[i, j, c, d] = sum over b, oh, ow of
+    # x_padded[b, oh * s + i, ow * s + j, c] * dy[b, oh, ow, d].
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
+    strides, padding = (2, 1), ((1, 2), (0, 1))
+    kh, kw = 3, 2
+    xp = np.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    oh = (xp.shape[1] - kh) // strides[0] + 1
+    ow = (xp.shape[2] - kw) // strides[1] + 1
+    dy = rng.normal(size=(2, oh, ow, 4)).astype(np.float32)
+    expected = np.zeros((kh, kw, 3, 4), np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            for r in range(oh):
+                for q in range(ow):
+                    seen = xp[:, r * strides[0] + i, q * strides[1] + j]  # [B, C]
+                    expected[i, j] += seen.T @ dy[:, r, q]
+    got = conv.kernel_grad_matmuls(
+        jnp.asarray(x), jnp.asarray(dy), kernel_size=(kh, kw), strides=strides, padding=padding
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_accelerator_path_is_xlas_kernel_gradient():
+    # What GPUs and TPUs run (lax.platform_dependent's default branch), checked here on CPU.
+    x, w, strides, padding = _inputs("3x3 stride 2, odd size")
+    dy = jax.random.normal(jax.random.key(1), _reference(x, w, strides, padding).shape)
+    pads = ((1, 1), (1, 1))
+    xla = conv.kernel_grad_xla(x, w, dy, strides=strides, padding=pads)
+    matmuls = conv.kernel_grad_matmuls(x, dy, kernel_size=(3, 3), strides=strides, padding=pads)
+    np.testing.assert_allclose(xla, matmuls, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_gradient_keeps_the_kernel_dtype():
+    x, w, strides, padding = _inputs("3x3 stride 1")
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    dw = jax.grad(lambda w: jnp.sum(_ours(xb, w, strides, padding).astype(jnp.float32)))(wb)
+    ref = jax.grad(lambda w: jnp.sum(_reference(x, w, strides, padding)))(w)
+    assert dw.dtype == jnp.bfloat16
+    np.testing.assert_allclose(dw.astype(jnp.float32), ref, rtol=2e-2, atol=2e-1)
+
+
+def test_frozen_layer_gets_zero_gradient():
+    x, w, strides, padding = _inputs("3x3 stride 1")
+    dw = jax.grad(lambda w: jnp.sum(lax.stop_gradient(_ours(x, w, strides, padding))))(w)
+    np.testing.assert_array_equal(dw, np.zeros_like(w))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"rhs_dilation": (2, 2)},
+        {"lhs_dilation": (2, 1)},
+        {"feature_group_count": 2},
+    ],
+)
+def test_other_convolutions_are_passed_through(kwargs):
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 4))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 4 // kwargs.get("feature_group_count", 1), 4))
+
+    def grads(fn):
+        def loss(x, w):
+            return jnp.sum(
+                fn(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC, **kwargs) ** 2
+            )
+
+        return jax.grad(loss, (0, 1))(x, w)
+
+    for a, b in zip(grads(conv.conv_general_dilated), grads(lax.conv_general_dilated), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_flax_conv_has_nn_conv_parameters():
+    x = jnp.ones((1, 8, 8, 3))
+    ours = conv.Conv(5, (3, 3), padding=((1, 1), (1, 1)), name="c").init(jax.random.key(0), x)
+    ref = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), name="c").init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, ref)
+    jax.tree.map(np.testing.assert_array_equal, ours, ref)
