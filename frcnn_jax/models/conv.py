@@ -11,9 +11,13 @@ forward and 1427 ms for the kernel gradient; a 1x1 stride-2 conv at 200x336x256 
 
     dW[i, j] = sum over b, oh, ow of x_padded[b, oh*sh + i, ow*sw + j, :]^T dy[b, oh, ow, :]
 
-it runs at matmul speed. Accelerators keep XLA's own kernel gradient (cuDNN's is
-fast), chosen per platform at lowering (``lax.platform_dependent``). The forward
-pass and the input gradient are XLA's everywhere.
+it runs at matmul speed: VGG16's forward+backward at 608x1024 went from 7.8 to
+5.6 s, ResNet-50-FPN's at 800x1344 from 11.3 to 7.3 s (benchmarks/RESULTS.md). The
+taps run in a scan so that one strided copy of the input is alive at a time (unrolled,
+XLA:CPU kept all of them and the step's temporaries tripled). Accelerators keep XLA's
+own kernel gradient (cuDNN's is fast), chosen per platform at lowering
+(``lax.platform_dependent``). The forward pass and the input gradient are XLA's
+everywhere. Frozen layers cost nothing: a symbolic-zero output gradient skips the rule.
 """
 
 from __future__ import annotations
