@@ -56,6 +56,15 @@ def test_tuned_malloc_reuses_freed_pages():
     assert int(tuned["faults"]) < pages // 100  # the second round reuses the first's
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_glibc_environment_has_the_same_effect():
+    # What the benchmarks hand torchvision's subprocess instead of calling mallopt.
+    from frcnn_jax import host_memory
+
+    child = _run(FAULTS.format(root=REPO_ROOT, force=False), **host_memory.GLIBC_ENV)
+    assert int(child["faults"]) < 256 * 2**20 // os.sysconf("SC_PAGE_SIZE") // 100
+
+
 SWITCH = """
 import sys
 sys.path.insert(0, {root!r})
