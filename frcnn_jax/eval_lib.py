@@ -5,12 +5,14 @@ Shape shorthand: B batch, D detections per image.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from frcnn_jax.models import conv
 from frcnn_jax.models.faster_rcnn import FasterRCNN
 
 
@@ -20,7 +22,7 @@ def make_predict_fn(model: FasterRCNN):
     One program is compiled per padded bucket shape and reused afterwards.
     """
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=conv.compiler_options(jax.default_backend()))
     def predict(variables, images, image_sizes):
         return model.apply(variables, images, image_sizes, method=model.detect)
 

@@ -33,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from frcnn_jax import optim
+from frcnn_jax.models import conv
 from frcnn_jax.models.faster_rcnn import FasterRCNN
 
 # Keys of a data batch that the train step reads (the rest stays on the host).
@@ -176,6 +177,7 @@ def jit_train_step(mesh: Mesh):
         in_shardings=(replicated, data_sharding(mesh), replicated),
         out_shardings=(replicated, replicated),
         donate_argnums=0,
+        compiler_options=conv.compiler_options(mesh.devices.flat[0].platform),
     )
 
 

@@ -135,3 +135,21 @@ def test_flax_conv_has_nn_conv_parameters():
     ref = nn.Conv(5, (3, 3), padding=((1, 1), (1, 1)), name="c").init(jax.random.key(0), x)
     assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, ref)
     jax.tree.map(np.testing.assert_array_equal, ours, ref)
+
+
+def test_compiler_options_keep_convolutions_out_of_ynnpack():
+    # XLA:CPU fuses this chain into YNNPACK by default (slower for our convolutions, see
+    # COMPILER_OPTIONS); with our options the convolutions stay XLA's.
+    layer = conv.Conv(64, (3, 3), padding=((1, 1), (1, 1)))
+    x = jnp.ones((1, 64, 64, 64))
+    variables = layer.init(jax.random.key(0), x)
+
+    def two_layers(variables, x):
+        return jax.nn.relu(layer.apply(variables, jax.nn.relu(layer.apply(variables, x))))
+
+    def compiled_text(**kwargs):
+        return jax.jit(two_layers, **kwargs).lower(variables, x).compile().as_text()
+
+    assert "ynn_fusion" in compiled_text()
+    assert "ynn_fusion" not in compiled_text(compiler_options=conv.compiler_options("cpu"))
+    assert conv.compiler_options("gpu") is None

@@ -85,6 +85,21 @@ def conv_general_dilated(
     return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
 
 
+# XLA options for our jitted programs on CPU (train step, predict). XLA:CPU hands chains of
+# convolutions to YNNPACK as one fusion by default, which ran VGG16's forward at 608x1024 in
+# 3.27 s against 2.02 s with XLA's own convolutions (each layer then as fast as torch's oneDNN).
+COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options(platform: str) -> dict[str, str] | None:
+    """``jax.jit(compiler_options=...)`` for programs running on ``platform`` ("cpu", "gpu").
+
+    Only CPU programs get :data:`COMPILER_OPTIONS`: an experimental XLA:CPU flag is not
+    something to hand another backend's compiler.
+    """
+    return dict(COMPILER_OPTIONS) if platform == "cpu" else None
+
+
 # flax's Conv with the CPU kernel gradient; a drop-in for nn.Conv (same parameters and names).
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
