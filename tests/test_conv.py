@@ -99,10 +99,18 @@ def test_bfloat16_gradient_keeps_the_kernel_dtype():
     np.testing.assert_allclose(dw.astype(jnp.float32), ref, rtol=2e-2, atol=2e-1)
 
 
-def test_frozen_layer_gets_zero_gradient():
+def test_frozen_layer_gets_zero_gradient_without_backward_work():
     x, w, strides, padding = _inputs("3x3 stride 1")
-    dw = jax.grad(lambda w: jnp.sum(lax.stop_gradient(_ours(x, w, strides, padding))))(w)
-    np.testing.assert_array_equal(dw, np.zeros_like(w))
+
+    def grad(frozen):
+        cut = lax.stop_gradient if frozen else (lambda y: y)
+        return jax.grad(lambda w: jnp.sum(cut(_ours(x, w, strides, padding))))
+
+    np.testing.assert_array_equal(grad(True)(w), np.zeros_like(w))
+    # A symbolic-zero output gradient skips the rule: no kernel-gradient scan, no input gradient.
+    assert "scan" in str(jax.make_jaxpr(grad(False))(w))
+    frozen = str(jax.make_jaxpr(grad(True))(w))
+    assert "scan" not in frozen and frozen.count("conv_general_dilated") == 1  # the forward only
 
 
 @pytest.mark.parametrize(

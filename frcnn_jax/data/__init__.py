@@ -4,7 +4,7 @@ Shape shorthand: B batch (per process), G max gt boxes (data.max_boxes), N boxes
 example, Hb x Wb a bucket (padded image) shape.
 
 A source (``data.name``: "synthetic", "tfds", "voc_dir") yields unbatched raw examples:
-  "image" uint8 [H, W, 3], "image_id" tf.string [], "gt_boxes" float32 [N, 4] (ymin, xmin, ymax,
+  "image" uint8 [H, W, 3] RGB, "image_id" tf.string [], "gt_boxes" float32 [N, 4] (ymin, xmin, ymax,
   xmax) continuous pixels of the original image, "gt_labels" int32 [N] 0-based,
   "gt_difficult" bool [N].
 

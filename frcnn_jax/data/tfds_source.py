@@ -190,10 +190,9 @@ def source(
 ) -> tuple[tf.data.Dataset, tuple[str, ...]]:
     """Raw examples of the tfds dataset(s) for this process's shard, and the class names.
 
-    Elements: {"image": uint8 [H, W, 3] RGB, "image_id": string [], "gt_boxes": float32 [N, 4]
-    (ymin, xmin, ymax, xmax) continuous pixels of the original image, "gt_labels": int32 [N]
-    0-based, "gt_difficult": bool [N]}. Training shuffles files with `seed` and mixes a union by
-    sampling in proportion to the datasets' sizes; evaluation reads in order, one after another.
+    Elements: the raw examples of ``frcnn_jax.data``'s docstring (RGB images). Training shuffles
+    files with `seed` and mixes a union by sampling in proportion to the datasets' sizes;
+    evaluation reads in order, one after another.
     """
     data_dir = data_config.get("tfds_data_dir") or None
     parts = parse_split_spec(data_config.get("tfds_name") or "", split)

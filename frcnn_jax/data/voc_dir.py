@@ -302,10 +302,8 @@ def source(
 ) -> tuple[tf.data.Dataset, tuple[str, ...]]:
     """Raw examples of ROOT's `split` for this process, and the class names.
 
-    Elements: {"image": uint8 [H, W, 3] RGB, "image_id": string [], "gt_boxes": float32 [N, 4]
-    (ymin, xmin, ymax, xmax) continuous pixels of the original image, "gt_labels": int32 [N]
-    0-based, "gt_difficult": bool [N]}. In training the example order is reshuffled every epoch
-    from `seed`; otherwise it follows the split file.
+    Elements: the raw examples of ``frcnn_jax.data``'s docstring (RGB images). In training the
+    example order is reshuffled every epoch from `seed`; otherwise it follows the split file.
     """
     root = _root(data_config)
     names = class_names(data_config)
