@@ -158,7 +158,7 @@ def random_rois(rng, num, extent):
 def pool_path(request, monkeypatch):
     """roi_pool's two exact implementations: bin-offset loop (small maps), sparse table."""
     if request.param == "table":
-        monkeypatch.setattr(roi_ops, "POOL_LOOP_MAX_CELLS", 0)
+        monkeypatch.setattr(roi_ops.pool, "POOL_LOOP_MAX_CELLS", 0)
     return request.param
 
 
@@ -223,7 +223,7 @@ def test_roi_pool_bin_edges_are_exact(pool_path):
 def align_path(request, monkeypatch):
     """roi_align's two exact implementations: interpolation matrices (small maps), tap gather."""
     if request.param == "gather":
-        monkeypatch.setattr(roi_ops, "MATMUL_MAX_CELLS", 0)
+        monkeypatch.setattr(roi_ops.align, "MATMUL_MAX_CELLS", 0)
     return request.param
 
 
