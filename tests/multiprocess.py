@@ -70,7 +70,8 @@ class Job:
         ``args(process_id)`` gives per-process arguments.
       num_processes: processes in the job.
       devices_per_process: CPU devices each process has (XLA host platform device count).
-      env: extra environment variables for every process (overrides the defaults above).
+      env: extra environment variables for every process (overrides the defaults above; None
+        removes a variable).
       cwd: working directory, default the repository root.
     """
 
@@ -101,10 +102,10 @@ class Job:
             PYTHONPATH=os.pathsep.join(pythonpath),
             PYTHONUNBUFFERED="1",
         )
-        base.update(env or {})
         try:
             for process_id in range(num_processes):
-                process_env = dict(base, JAX_PROCESS_ID=str(process_id))
+                process_env = dict(base, JAX_PROCESS_ID=str(process_id), **(env or {}))
+                process_env = {k: v for k, v in process_env.items() if v is not None}
                 out = open(os.path.join(self._dir.name, f"{process_id}.out"), "w+")  # noqa: SIM115
                 err = open(os.path.join(self._dir.name, f"{process_id}.err"), "w+")  # noqa: SIM115
                 self._files.append((out, err))

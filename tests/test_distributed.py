@@ -83,6 +83,6 @@ def test_environment_gives_the_arguments():
 
 def test_no_cluster_is_explained():
     code = "from frcnn_jax import distributed\ndistributed.initialize()"
-    env = {"JAX_COORDINATOR_ADDRESS": "", "JAX_NUM_PROCESSES": "", "JAX_PROCESS_ID": ""}
+    env = {"JAX_COORDINATOR_ADDRESS": None, "JAX_NUM_PROCESSES": None, "JAX_PROCESS_ID": None}
     with pytest.raises(multiprocess.JobError, match="no cluster was found"):
         multiprocess.run(["-c", code], num_processes=1, timeout=60, env=env)
