@@ -104,7 +104,7 @@ class Job:
         )
         try:
             for process_id in range(num_processes):
-                process_env = dict(base, JAX_PROCESS_ID=str(process_id), **(env or {}))
+                process_env = {**base, "JAX_PROCESS_ID": str(process_id), **(env or {})}
                 process_env = {k: v for k, v in process_env.items() if v is not None}
                 out = open(os.path.join(self._dir.name, f"{process_id}.out"), "w+")  # noqa: SIM115
                 err = open(os.path.join(self._dir.name, f"{process_id}.err"), "w+")  # noqa: SIM115
