@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from frcnn_jax.data import pipeline
+from frcnn_jax.data import indexed, pipeline
 from frcnn_jax.data.iterators import NumpyIterator, prefetch_to_device
 from frcnn_jax.data.pipeline import bucket_shapes
 
@@ -141,8 +141,11 @@ def create_dataset(
     """This process's batches of ``split`` (batch_size is per process) and the DatasetInfo.
 
     ``start_step`` (training) resumes the stream: the first batch is the one an uninterrupted
-    run would have seen at that step, so a restarted run sees the same data. It is exact because
-    the skipped batches are replayed on the host (no device work), which costs their host time.
+    run would have seen at that step, so a restarted run sees the same data. Sources with random
+    access (a ``random_access`` function: synthetic, voc_dir, tfds) are read through
+    ``frcnn_jax.data.indexed``: global batch k (all processes together) is the same whatever the
+    number of processes, and resuming decodes nothing before batch K. Other sources are batched
+    as a stream per process, and resuming replays the skipped batches on the host.
 
     Reads data.{name, min_size, max_size, max_boxes, flip, exclude_difficult, skip_empty,
     shuffle_buffer} and optionally data.buckets; the source reads its own fields.
@@ -157,6 +160,22 @@ def create_dataset(
         max_size=int(data_config.max_size),
         buckets=None if not buckets else buckets,
     )
+    planned = indexed.create_batches(
+        _source_module(data_config),
+        data_config,
+        split=split,
+        training=training,
+        batch_size=batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        start_step=start_step,
+        buckets=shapes,
+    )
+    if planned is not None:  # the source has random access
+        batches, class_names = planned
+        info = DatasetInfo(tuple(class_names), shapes, int(data_config.max_boxes))
+        return DetectionDataset(batches, info, split)
     raw, class_names = create_source(
         data_config,
         split=split,

@@ -123,6 +123,7 @@ def preprocess(
     max_boxes: int,
     buckets: Sequence[tuple[int, int]],
     exclude_difficult: bool,
+    bucket=None,
 ):
     """One raw example -> one unbatched element of the batch contract (see module docstring).
 
@@ -132,6 +133,8 @@ def preprocess(
         "gt_difficult" bool [N]).
       flip: bool scalar, mirror this example horizontally.
       buckets: sorted (Hb, Wb) shapes from ``bucket_shapes``.
+      bucket: int32 [2] (Hb, Wb) to pad to, chosen by the caller (e.g. a sampler, from the
+        index); None: the smallest-area of ``buckets`` that holds the resized image.
 
     Returns:
       dict "images" uint8 [Hb, Wb, 3], "image_sizes" int32 [2], "orig_sizes" int32 [2],
@@ -165,10 +168,12 @@ def preprocess(
     difficult = _pad_rows(difficult, max_boxes)
     mask = valid & ~difficult if exclude_difficult else valid
 
-    heights = tf.constant([b[0] for b in buckets], tf.int32)
-    widths = tf.constant([b[1] for b in buckets], tf.int32)
-    bucket = tf.argmax((heights >= new_h) & (widths >= new_w), output_type=tf.int32)
-    images = tf.pad(image, [[0, heights[bucket] - new_h], [0, widths[bucket] - new_w], [0, 0]])
+    if bucket is None:
+        heights = tf.constant([b[0] for b in buckets], tf.int32)
+        widths = tf.constant([b[1] for b in buckets], tf.int32)
+        fits = tf.argmax((heights >= new_h) & (widths >= new_w), output_type=tf.int32)
+        bucket = tf.stack([heights[fits], widths[fits]])
+    images = tf.pad(image, [[0, bucket[0] - new_h], [0, bucket[1] - new_w], [0, 0]])
     return {
         "images": images,
         "image_sizes": tf.stack([new_h, new_w]),

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from frcnn_jax.data.index import ExampleIndex, RandomAccessSource
+
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "cross")
 SPLITS = ("train", "test")
 
@@ -86,17 +88,41 @@ def _box_iou(box, boxes):
     return inter / (np.prod(box[2:] - box[:2]) + areas - inter)
 
 
+def _background_draws(rng):
+    """The background's random numbers: base colour [3], (angle, phase), (fy, fx), tint [3]."""
+    base = rng.uniform(30.0, 225.0, size=3)
+    angle, phase = rng.uniform(0.0, 2.0 * np.pi, size=2)
+    fy, fx = rng.uniform(1.0, 4.0, size=2) * np.pi
+    tint = rng.uniform(0.5, 1.0, size=3).astype(np.float32)  # texture is not grey
+    return base, (angle, phase), (fy, fx), tint
+
+
 def _background(rng, height, width):
     """float32 [H, W, 3] textured background and its base colour [3]."""
-    base = rng.uniform(30.0, 225.0, size=3)
+    base, (angle, phase), (fy, fx), tint = _background_draws(rng)
     ys = np.linspace(-1.0, 1.0, height, dtype=np.float32)[:, None]
     xs = np.linspace(-1.0, 1.0, width, dtype=np.float32)[None, :]
-    angle, phase = rng.uniform(0.0, 2.0 * np.pi, size=2)
     gradient = 15.0 * (np.cos(angle) * ys + np.sin(angle) * xs) / np.sqrt(2.0)
-    fy, fx = rng.uniform(1.0, 4.0, size=2) * np.pi
     texture = 10.0 * np.sin(fy * ys + fx * xs + phase)
-    tint = rng.uniform(0.5, 1.0, size=3).astype(np.float32)  # texture is not grey
     return base.astype(np.float32) + (gradient + texture)[..., None] * tint, base
+
+
+def _num_objects(rng, *, max_objects, empty_fraction):
+    """Objects to place: 0 for an empty image, else 1..max_objects (drawn after the background)."""
+    return 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+
+
+def has_objects(index: int, *, split: str, seed: int, max_objects: int = 4,
+                empty_fraction: float = 0.1, **unused) -> bool:  # fmt: skip
+    """Whether ``render_example(index, ...)`` draws an object, without drawing the image.
+
+    Replays the random draws that precede the object count. An image with a non-zero count
+    always has an object: the first one is placed on an empty canvas at its first try.
+    """
+    del unused
+    rng = np.random.default_rng([seed, SPLITS.index(split), index])
+    _background_draws(rng)
+    return _num_objects(rng, max_objects=max_objects, empty_fraction=empty_fraction) > 0
 
 
 def _object_colour(rng, background_base):
@@ -139,7 +165,7 @@ def render_example(
         )
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
     image, background_base = _background(rng, height, width)
-    num_objects = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+    num_objects = _num_objects(rng, max_objects=max_objects, empty_fraction=empty_fraction)
     blocked = np.zeros((height, width), dtype=bool)
     boxes, labels, masks = [], [], []
     log_sizes = np.log([min_object_size, max_object_size])
@@ -199,23 +225,25 @@ def class_names(data_config) -> tuple[str, ...]:
     return CLASS_NAMES
 
 
-def source(data_config, *, split, training, seed, process_index, process_count):
-    """tf.data source of the synthetic dataset; this process reads indices process_index::count.
-
-    ``split`` is "train" (``data.synthetic.num_train`` images) or "test" (``num_eval``); their
-    images come from different random streams. ``training`` and ``seed`` do not change the
-    examples (shuffling is the pipeline's job). Returns (dataset of raw examples, CLASS_NAMES).
-    """
-    del training, seed
+def _examples(data_config, split):
+    """(number of images, render options, tf function: int64 index -> raw example)."""
     options = render_options(data_config)
     render_example(0, split=split, **options)  # validates split and sizes before tracing
     cfg = data_config.synthetic
     num_images = int(cfg.num_train if split == "train" else cfg.num_eval)
     height, width = options["image_size"]
+    # Splits up to _MAX_CACHE_BYTES keep their drawn images (each is drawn once per process).
+    cache = {} if num_images * height * width * 3 <= _MAX_CACHE_BYTES else None
 
     def generate(index):
-        example = render_example(int(index), split=split, **options)
-        return example["image"], example["gt_boxes"], example["gt_labels"]
+        index = int(index)
+        drawn = cache.get(index) if cache is not None else None
+        if drawn is None:
+            example = render_example(index, split=split, **options)
+            drawn = example["image"], example["gt_boxes"], example["gt_labels"]
+            if cache is not None:
+                cache[index] = drawn
+        return drawn
 
     def to_example(index):
         image, boxes, labels = tf.numpy_function(
@@ -232,8 +260,28 @@ def source(data_config, *, split, training, seed, process_index, process_count):
             "gt_difficult": tf.zeros_like(labels, dtype=tf.bool),
         }
 
+    return num_images, options, to_example
+
+
+def source(data_config, *, split, training, seed, process_index, process_count):
+    """tf.data source of the synthetic dataset; this process reads indices process_index::count.
+
+    ``split`` is "train" (``data.synthetic.num_train`` images) or "test" (``num_eval``); their
+    images come from different random streams. ``training`` and ``seed`` do not change the
+    examples (shuffling is the pipeline's job). Returns (dataset of raw examples, CLASS_NAMES).
+    """
+    del training, seed
+    num_images, _, to_example = _examples(data_config, split)
     indices = tf.data.Dataset.range(process_index, num_images, process_count)
-    examples = indices.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
-    if num_images * height * width * 3 <= _MAX_CACHE_BYTES:
-        examples = examples.cache()  # draw each image once, not once per epoch
-    return examples, CLASS_NAMES
+    return indices.map(to_example, num_parallel_calls=tf.data.AUTOTUNE), CLASS_NAMES
+
+
+def random_access(data_config, *, split, training) -> RandomAccessSource:
+    """The synthetic split example by example; the index costs no drawing (``has_objects``)."""
+    del training
+    num_images, options, to_example = _examples(data_config, split)
+    sizes = np.tile(np.asarray(options["image_size"], np.int32), (num_images, 1))
+    has = np.array([has_objects(i, split=split, **options) for i in range(num_images)], bool)
+    return RandomAccessSource(
+        ExampleIndex(sizes, has, has), CLASS_NAMES, lambda i: (to_example(i), tf.constant(True))
+    )

@@ -42,6 +42,7 @@ import tensorflow as tf
 from absl import logging
 
 from frcnn_jax.data import decode
+from frcnn_jax.data.index import ExampleIndex, RandomAccessSource
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -320,33 +321,52 @@ def source(
     logging.info(
         "voc_dir %s split %r: %d examples on process %d.", root, split, len(records), process_index
     )
-    row_splits = np.cumsum([0] + [len(r.gt_labels) for r in records])
+    load = _loader(records)
+    indices = tf.data.Dataset.range(len(records))
+    if training:
+        indices = indices.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+    dataset = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.filter(lambda example, decoded: decoded)
+    return dataset.map(lambda example, _: example), names
+
+
+def _loader(records: Sequence[VocRecord]):
+    """tf function: int64 [] position in ``records`` -> (raw example, decoded bool [])."""
+    row_splits = tf.constant(np.cumsum([0] + [len(r.gt_labels) for r in records]), tf.int64)
     boxes = tf.constant(np.concatenate([r.gt_boxes for r in records]).reshape(-1, 4))
     labels = tf.constant(np.concatenate([r.gt_labels for r in records]))
     difficult = tf.constant(np.concatenate([r.gt_difficult for r in records]))
-    index = tf.data.Dataset.from_tensor_slices(
-        {
-            "image_path": [r.image_path for r in records],
-            "image_id": [r.image_id for r in records],
-            "start": row_splits[:-1],
-            "end": row_splits[1:],
-        }
-    )
-    if training:
-        index = index.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
+    paths = tf.constant([r.image_path for r in records])
+    image_ids = tf.constant([r.image_id for r in records])
 
-    def load(entry):
-        image, ok = decode.tf_load_rgb_or_skip(entry["image_path"])
-        rows = slice(entry["start"], entry["end"])
+    def load(position):
+        image, ok = decode.tf_load_rgb_or_skip(paths[position])
+        rows = slice(row_splits[position], row_splits[position + 1])
         example = {
             "image": image,
-            "image_id": entry["image_id"],
+            "image_id": image_ids[position],
             "gt_boxes": boxes[rows],
             "gt_labels": labels[rows],
             "gt_difficult": difficult[rows],
         }
         return example, ok
 
-    dataset = index.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.filter(lambda example, decoded: decoded)
-    return dataset.map(lambda example, _: example), names
+    return load
+
+
+def random_access(data_config, *, split: str, training: bool) -> RandomAccessSource:
+    """ROOT's ``split`` example by example (every process scans the whole split's annotations)."""
+    del training
+    root = _root(data_config)
+    names = class_names(data_config)
+    records, problems = scan_split(root, split, class_names=names)
+    problems.log(root)
+    if not records:
+        raise VocDirError(f"No usable examples in {root} split {split!r} (see warnings above).")
+    logging.info("voc_dir %s split %r: %d examples.", root, split, len(records))
+    index = ExampleIndex.from_boxes(
+        [r.image_size for r in records],
+        [r.gt_boxes for r in records],
+        [r.gt_difficult for r in records],
+    )
+    return RandomAccessSource(index, names, _loader(records))
