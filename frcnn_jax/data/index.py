@@ -75,29 +75,49 @@ class ExampleIndex:
             np.asarray(has_easy, bool),
         )
 
-    def save(self, path: str, *, key: dict) -> None:
-        """Writes the index with a ``key`` (what it describes) atomically to ``path`` (.npz)."""
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".npz.tmp")
+    def save(self, path: str, *, key: dict, extra: dict[str, np.ndarray] | None = None) -> None:
+        """Writes the index, what it describes (``key``) and ``extra`` arrays to ``path`` (.npz).
+
+        Atomic: a reader sees the old file or the whole new one, never a partial write, so
+        processes that build the same index at once do no harm.
+        """
+        directory = os.path.dirname(path) or "."
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
+        arrays = {f"extra_{name}": value for name, value in (extra or {}).items()}
         try:
             with os.fdopen(fd, "wb") as f:
-                np.savez(f, key=json.dumps(key, sort_keys=True), **dataclasses.asdict(self))
-            os.replace(tmp, path)  # readers see the old file or the whole new one
+                key_text = json.dumps(key, sort_keys=True)
+                np.savez(f, key=key_text, **dataclasses.asdict(self), **arrays)
+            os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
                 os.remove(tmp)
             raise
 
     @classmethod
-    def load(cls, path: str, *, key: dict) -> ExampleIndex | None:
-        """The index saved at ``path`` for ``key``, or None if absent, unreadable or stale."""
+    def load(cls, path: str, *, key: dict) -> tuple[ExampleIndex, dict[str, np.ndarray]] | None:
+        """(index, extra arrays) saved at ``path`` for ``key``; None if absent, bad or stale."""
         try:
             with np.load(path) as saved:
                 if str(saved["key"]) != json.dumps(key, sort_keys=True):
                     return None
-                return cls(saved["sizes"], saved["has_boxes"], saved["has_easy_boxes"])
+                index = cls(saved["sizes"], saved["has_boxes"], saved["has_easy_boxes"])
+                extra = {
+                    n[len("extra_") :]: saved[n] for n in saved.files if n.startswith("extra_")
+                }
+                return index, extra
         except (OSError, KeyError, ValueError):
             return None
+
+    @classmethod
+    def concatenate(cls, parts) -> ExampleIndex:
+        """The index of the parts' examples one after another."""
+        return cls(
+            np.concatenate([p.sizes for p in parts]).reshape(-1, 2),
+            np.concatenate([p.has_boxes for p in parts]),
+            np.concatenate([p.has_easy_boxes for p in parts]),
+        )
 
 
 @dataclasses.dataclass(frozen=True)

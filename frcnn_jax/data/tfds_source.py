@@ -239,3 +239,10 @@ def source(
     for dataset in datasets[1:]:
         combined = combined.concatenate(dataset)
     return combined, label_names
+
+
+def random_access(data_config, *, split: str, training: bool):
+    """The split example by example (``frcnn_jax.data.tfds_random_access``), or None."""
+    from frcnn_jax.data import tfds_random_access  # noqa: PLC0415 (it imports this module)
+
+    return tfds_random_access.random_access(data_config, split=split, training=training)

@@ -13,8 +13,10 @@ Boxes: the XML holds 1-based inclusive pixel indices; a box covering a W x H ima
 xmin=1..xmax=W. In continuous 0-based coordinates (the project's convention) pixel i spans
 [i - 1, i], so ymin = ymin_px - 1, xmin = xmin_px - 1, ymax = ymax_px, xmax = xmax_px.
 
-Annotations are parsed once on the host (thread pool, this process's shard only); images are decoded
-in a parallel tf.data map by `decode.tf_load_rgb_or_skip` (Pillow; failures name the file).
+Annotations are parsed once on the host (thread pool): the whole split for `random_access` (the
+index-planned batches of `frcnn_jax.data.indexed`), this process's shard for the stream `source`;
+images are decoded in a parallel tf.data map by `decode.tf_load_rgb_or_skip` (Pillow; failures
+name the file).
 
 Bad input policy (every skip is counted and logged with example file names via absl):
   error   missing ROOT/Annotations or ROOT/JPEGImages, missing or empty split file, no class names,
