@@ -236,3 +236,15 @@ def test_synthetic_has_objects_matches_the_drawing():
         drawn = synthetic.render_example(index, split="train", **options)
         has = synthetic.has_objects(index, split="train", **options)
         assert has == (len(drawn["gt_labels"]) > 0), index
+
+
+def test_synthetic_cached_examples_equal_the_drawing():
+    config = _synthetic_config()
+    options = synthetic.render_options(config)
+    source = synthetic.random_access(config, split="train", training=True)
+    for index in (3, 0, 3, 0):  # drawn, drawn, then both from the cache
+        raw, ok = source.load(tf.constant(index, tf.int64))
+        drawn = synthetic.render_example(index, split="train", **options)
+        assert bool(ok) and raw["image_id"].numpy() == f"train/{index}".encode()
+        for key in ("image", "gt_boxes", "gt_labels"):
+            np.testing.assert_array_equal(raw[key].numpy(), drawn[key], err_msg=key)

@@ -19,6 +19,7 @@ Images are decoded and preprocessed in a parallel, order-preserving tf.data map.
 
 from __future__ import annotations
 
+import numpy as np
 import tensorflow as tf
 
 from frcnn_jax.data import pipeline, sampler
@@ -45,15 +46,18 @@ def fill_element(bucket, *, max_boxes: int) -> dict[str, tf.Tensor]:
 
 
 def _slot_stream(plan, *, process_index, process_count, buckets, sizes):
-    """Generator factory: this process's slots (index, flip, bucket, size), batch after batch."""
+    """Generator factory: this process's slots of each batch as arrays (one Python step each).
+
+    Yields (indices int64 [b], flips bool [b], bucket int32 [2], sizes int32 [b, 2]); padding
+    slots have index -1 and size (0, 0).
+    """
+    buckets = np.asarray(buckets, np.int32).reshape(-1, 2)
+    sizes = np.concatenate([np.asarray(sizes, np.int32).reshape(-1, 2), [[0, 0]]])  # [-1] = pad
 
     def slots():
         for batch in plan():
             part = batch.process_slice(process_index, process_count)
-            bucket = buckets[part.bucket]
-            for index, flip in zip(part.indices, part.flips):
-                size = sizes[index] if index >= 0 else (0, 0)
-                yield int(index), bool(flip), bucket, tuple(int(s) for s in size)
+            yield part.indices, part.flips, buckets[part.bucket], sizes[part.indices]
 
     return slots
 
@@ -119,11 +123,15 @@ def indexed_batches(
             sizes=index.sizes,
         ),
         output_signature=(
-            tf.TensorSpec([], tf.int64),
-            tf.TensorSpec([], tf.bool),
+            tf.TensorSpec([batch_size], tf.int64),
+            tf.TensorSpec([batch_size], tf.bool),
             tf.TensorSpec([2], tf.int32),
-            tf.TensorSpec([2], tf.int32),
+            tf.TensorSpec([batch_size, 2], tf.int32),
         ),
+    ).flat_map(
+        lambda indices, flips, bucket, sizes: tf.data.Dataset.from_tensor_slices(
+            (indices, flips, tf.tile(bucket[None], [batch_size, 1]), sizes)
+        )
     )
 
     def element(example_index, flip_it, bucket, size):

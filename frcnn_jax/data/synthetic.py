@@ -225,6 +225,66 @@ def class_names(data_config) -> tuple[str, ...]:
     return CLASS_NAMES
 
 
+def _draw(index, *, split, options):
+    """(image uint8 [H, W, 3], boxes float32 [N, 4], labels int32 [N]) tensors of one example."""
+
+    def generate(i):
+        example = render_example(int(i), split=split, **options)
+        return example["image"], example["gt_boxes"], example["gt_labels"]
+
+    image, boxes, labels = tf.numpy_function(
+        generate, [index], (tf.uint8, tf.float32, tf.int32), stateful=False
+    )
+    image.set_shape([*options["image_size"], 3])
+    boxes.set_shape([None, 4])
+    labels.set_shape([None])
+    return image, boxes, labels
+
+
+class _DrawnCache:
+    """Examples kept in TF variables once drawn: later reads stay in the graph (no Python, GIL).
+
+    Slots: images uint8 [n, H, W, 3], boxes float32 [n, M, 4], labels int32 [n, M] (M =
+    max_objects), counts int32 [n] (-1 = not drawn yet). Two threads drawing the same example
+    write the same values.
+    """
+
+    def __init__(self, num_images, *, image_size, max_objects):
+        self._m = max_objects
+        self.images = tf.Variable(tf.zeros([num_images, *image_size, 3], tf.uint8), False)
+        self.boxes = tf.Variable(tf.zeros([num_images, max_objects, 4], tf.float32), False)
+        self.labels = tf.Variable(tf.zeros([num_images, max_objects], tf.int32), False)
+        self.counts = tf.Variable(tf.fill([num_images], -1), False)
+
+    def get(self, index, draw):
+        """(image, boxes [N, 4], labels [N]) of ``index``: cached, else ``draw()`` and keep it."""
+
+        def cached():
+            count = tf.gather(self.counts, index)
+            boxes = tf.gather(self.boxes, index)[:count]
+            return tf.gather(self.images, index), boxes, tf.gather(self.labels, index)[:count]
+
+        def fresh():
+            image, boxes, labels = draw()
+            count = tf.shape(labels)[0]
+            rows = [[0, self._m - count]]
+            writes = [
+                self.images.scatter_update(tf.IndexedSlices(image[None], index[None])),
+                self.boxes.scatter_update(
+                    tf.IndexedSlices(tf.pad(boxes, rows + [[0, 0]])[None], index[None])
+                ),
+                self.labels.scatter_update(
+                    tf.IndexedSlices(tf.pad(labels, rows)[None], index[None])
+                ),
+            ]
+            with tf.control_dependencies(writes):  # the count last: it marks the slot complete
+                done = self.counts.scatter_update(tf.IndexedSlices(count[None], index[None]))
+            with tf.control_dependencies([done]):
+                return tf.identity(image), tf.identity(boxes), tf.identity(labels)
+
+        return tf.cond(tf.gather(self.counts, index) >= 0, cached, fresh)
+
+
 def _examples(data_config, split):
     """(number of images, render options, tf function: int64 index -> raw example)."""
     options = render_options(data_config)
@@ -233,25 +293,16 @@ def _examples(data_config, split):
     num_images = int(cfg.num_train if split == "train" else cfg.num_eval)
     height, width = options["image_size"]
     # Splits up to _MAX_CACHE_BYTES keep their drawn images (each is drawn once per process).
-    cache = {} if num_images * height * width * 3 <= _MAX_CACHE_BYTES else None
-
-    def generate(index):
-        index = int(index)
-        drawn = cache.get(index) if cache is not None else None
-        if drawn is None:
-            example = render_example(index, split=split, **options)
-            drawn = example["image"], example["gt_boxes"], example["gt_labels"]
-            if cache is not None:
-                cache[index] = drawn
-        return drawn
+    cache = None
+    if num_images * height * width * 3 <= _MAX_CACHE_BYTES:
+        cache = _DrawnCache(
+            num_images, image_size=(height, width), max_objects=options["max_objects"]
+        )
 
     def to_example(index):
-        image, boxes, labels = tf.numpy_function(
-            generate, [index], (tf.uint8, tf.float32, tf.int32), stateful=False
-        )
+        draw = lambda: _draw(index, split=split, options=options)  # noqa: E731
+        image, boxes, labels = draw() if cache is None else cache.get(index, draw)
         image.set_shape([height, width, 3])
-        boxes.set_shape([None, 4])
-        labels.set_shape([None])
         return {
             "image": image,
             "image_id": tf.strings.join([split, tf.strings.as_string(index)], separator="/"),
