@@ -144,7 +144,7 @@ class TrainingSampler:
         self._flip = flip
         counts = np.bincount(self._bucket_ids[self._eligible])
         self.batches_per_epoch = int((counts // batch_size).sum())
-        self._epoch, self._plan = None, None
+        self._cached = (None, None)  # (epoch, its plan), one attribute: safe across threads
 
     def epoch_plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(indices int64 [M, B], flips bool [M, B], buckets int32 [M]) of one epoch."""
@@ -161,9 +161,11 @@ class TrainingSampler:
         if self.batches_per_epoch == 0:
             raise ValueError("no complete batch: fewer eligible examples than the batch size")
         epoch, position = divmod(step, self.batches_per_epoch)
-        if epoch != self._epoch:
-            self._plan, self._epoch = self.epoch_plan(epoch), epoch
-        indices, flips, buckets = self._plan
+        cached_epoch, plan = self._cached
+        if cached_epoch != epoch:
+            plan = self.epoch_plan(epoch)
+            self._cached = (epoch, plan)
+        indices, flips, buckets = plan
         return GlobalBatch(indices[position], flips[position], int(buckets[position]))
 
 
