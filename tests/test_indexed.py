@@ -238,13 +238,28 @@ def test_synthetic_has_objects_matches_the_drawing():
         assert has == (len(drawn["gt_labels"]) > 0), index
 
 
-def test_synthetic_cached_examples_equal_the_drawing():
+def test_synthetic_draws_each_image_once_and_caches_it_exactly(monkeypatch):
     config = _synthetic_config()
+    config.synthetic.num_train = 8
+    config.skip_empty = False
+    drawn = []
+    render = synthetic.render_example
+
+    def counting_render(index, **kwargs):
+        drawn.append(index)
+        return render(index, **kwargs)
+
+    monkeypatch.setattr(synthetic, "render_example", counting_render)
+    iterator = iter(data.create_dataset(config, split="train", training=True, batch_size=4, seed=0))
+    for _ in range(8):  # 4 epochs
+        next(iterator)
+    iterator.close()
+    assert sorted(set(drawn)) == list(range(8)) and len(drawn) <= 1 + 8 + 4  # + races
     options = synthetic.render_options(config)
     source = synthetic.random_access(config, split="train", training=True)
     for index in (3, 0, 3, 0):  # drawn, drawn, then both from the cache
         raw, ok = source.load(tf.constant(index, tf.int64))
-        drawn = synthetic.render_example(index, split="train", **options)
+        expected = render(index, split="train", **options)
         assert bool(ok) and raw["image_id"].numpy() == f"train/{index}".encode()
         for key in ("image", "gt_boxes", "gt_labels"):
-            np.testing.assert_array_equal(raw[key].numpy(), drawn[key], err_msg=key)
+            np.testing.assert_array_equal(raw[key].numpy(), expected[key], err_msg=key)

@@ -135,36 +135,33 @@ def indexed_batches(
     )
 
     def element(example_index, flip_it, bucket, size):
-        def padding():
-            return fill_element(bucket, max_boxes=max_boxes)
+        # Loaded outside any tf.cond (a padding slot loads example 0 and drops it): stateful
+        # loads inside a cond branch make TensorFlow's loop optimizer warn on every pipeline.
+        raw, ok = source.load(tf.maximum(example_index, 0))
+        real = (example_index >= 0) & ok
+        decoded = tf.shape(raw["image"])[:2]
+        # A stale index (files replaced after it was built) would misplace the padding.
+        same = tf.debugging.Assert(
+            ~real | tf.reduce_all(decoded == size),
+            ["image", raw["image_id"], "decoded as", decoded, "but the index says", size],
+        )
+        example = dict(raw)
+        with tf.control_dependencies([same]):
+            example["image"] = tf.identity(raw["image"])
 
-        def load():
-            raw, ok = source.load(example_index)
+        def preprocess():
+            return pipeline.preprocess(
+                example,
+                flip=flip_it,
+                min_size=min_size,
+                max_size=max_size,
+                max_boxes=max_boxes,
+                buckets=buckets,
+                exclude_difficult=exclude_difficult,
+                bucket=bucket,
+            )
 
-            def preprocess():
-                decoded = tf.shape(raw["image"])[:2]
-                # A stale index (files replaced after it was built) would misplace the padding.
-                same = tf.debugging.Assert(
-                    tf.reduce_all(decoded == size),
-                    ["image", raw["image_id"], "decoded as", decoded, "but the index says", size],
-                )
-                example = dict(raw)
-                with tf.control_dependencies([same]):
-                    example["image"] = tf.identity(raw["image"])
-                return pipeline.preprocess(
-                    example,
-                    flip=flip_it,
-                    min_size=min_size,
-                    max_size=max_size,
-                    max_boxes=max_boxes,
-                    buckets=buckets,
-                    exclude_difficult=exclude_difficult,
-                    bucket=bucket,
-                )
-
-            return tf.cond(ok, preprocess, padding)
-
-        return tf.cond(example_index >= 0, load, padding)
+        return tf.cond(real, preprocess, lambda: fill_element(bucket, max_boxes=max_boxes))
 
     batches = slots.map(element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()

@@ -242,47 +242,52 @@ def _draw(index, *, split, options):
 
 
 class _DrawnCache:
-    """Examples kept in TF variables once drawn: later reads stay in the graph (no Python, GIL).
+    """Examples kept in a TF variable once drawn: later reads stay in the graph (no Python, GIL).
 
-    Slots: images uint8 [n, H, W, 3], boxes float32 [n, M, 4], labels int32 [n, M] (M =
-    max_objects), counts int32 [n] (-1 = not drawn yet). Two threads drawing the same example
-    write the same values.
+    One uint8 row per example: the image's H * W * 3 bytes, then the bytes of boxes float32
+    [M, 4], labels int32 [M] and the object count int32 (M = max_objects; count -1 = not drawn
+    yet). A row is written by one scatter and read by one gather, which exclude each other on
+    the variable's lock, so a reader never sees half a row (separate variables would need an
+    order between writes); two threads drawing the same example write the same row.
     """
 
     def __init__(self, num_images, *, image_size, max_objects):
+        self._shape = (*image_size, 3)
         self._m = max_objects
-        self.images = tf.Variable(tf.zeros([num_images, *image_size, 3], tf.uint8), False)
-        self.boxes = tf.Variable(tf.zeros([num_images, max_objects, 4], tf.float32), False)
-        self.labels = tf.Variable(tf.zeros([num_images, max_objects], tf.int32), False)
-        self.counts = tf.Variable(tf.fill([num_images], -1), False)
+        self._image_bytes = int(np.prod(self._shape))
+        row = self._image_bytes + 4 * (4 * max_objects + max_objects + 1)
+        empty = np.zeros((num_images, row), np.uint8)
+        empty[:, -4:] = np.frombuffer(np.int32(-1).tobytes(), np.uint8)
+        self.rows = tf.Variable(empty, trainable=False)
+
+    def _as_bytes(self, values, dtype):
+        return tf.reshape(tf.bitcast(tf.cast(values, dtype), tf.uint8), [-1])
 
     def get(self, index, draw):
         """(image, boxes [N, 4], labels [N]) of ``index``: cached, else ``draw()`` and keep it."""
+        row = tf.gather(self.rows, index)  # [row]
+        count = tf.bitcast(tf.reshape(row[-4:], [1, 4]), tf.int32)[0]
 
         def cached():
-            count = tf.gather(self.counts, index)
-            boxes = tf.gather(self.boxes, index)[:count]
-            return tf.gather(self.images, index), boxes, tf.gather(self.labels, index)[:count]
+            image = tf.reshape(row[: self._image_bytes], self._shape)
+            numbers = tf.bitcast(tf.reshape(row[self._image_bytes : -4], [-1, 4]), tf.int32)
+            boxes = tf.bitcast(numbers[: 4 * self._m], tf.float32)
+            labels = numbers[4 * self._m :]
+            return image, tf.reshape(boxes, [-1, 4])[:count], labels[:count]
 
-        def fresh():
-            image, boxes, labels = draw()
-            count = tf.shape(labels)[0]
-            rows = [[0, self._m - count]]
-            writes = [
-                self.images.scatter_update(tf.IndexedSlices(image[None], index[None])),
-                self.boxes.scatter_update(
-                    tf.IndexedSlices(tf.pad(boxes, rows + [[0, 0]])[None], index[None])
-                ),
-                self.labels.scatter_update(
-                    tf.IndexedSlices(tf.pad(labels, rows)[None], index[None])
-                ),
-            ]
-            with tf.control_dependencies(writes):  # the count last: it marks the slot complete
-                done = self.counts.scatter_update(tf.IndexedSlices(count[None], index[None]))
-            with tf.control_dependencies([done]):
-                return tf.identity(image), tf.identity(boxes), tf.identity(labels)
-
-        return tf.cond(tf.gather(self.counts, index) >= 0, cached, fresh)
+        image, boxes, labels = tf.cond(count >= 0, cached, draw)
+        n = tf.shape(labels)[0]
+        parts = [
+            tf.reshape(image, [-1]),
+            self._as_bytes(tf.pad(boxes, [[0, self._m - n], [0, 0]]), tf.float32),
+            self._as_bytes(tf.pad(labels, [[0, self._m - n]]), tf.int32),
+            self._as_bytes(n[None], tf.int32),
+        ]
+        # Written every time (a cached row with the same bytes): a stateful op inside the cond
+        # would make TensorFlow's loop optimizer warn on every pipeline. The function's
+        # automatic control dependencies run it.
+        self.rows.scatter_update(tf.IndexedSlices(tf.concat(parts, 0)[None], index[None]))
+        return image, boxes, labels
 
 
 def _examples(data_config, split):
