@@ -8,7 +8,8 @@ Prints the median and spread of images/s over --windows windows of --window_batc
 each, after --warmup_batches (which fill the shuffle buffer). --source_only times the raw
 source alone (decode / synthetic drawing), the pipeline's upper bound. Compare with the
 images/s the train step consumes (--train_steps=N times it on the same batches, printed
-next to the pipeline's rate): the input must be faster.
+next to the pipeline's rate): the input must be faster. --start_step=K times resuming at step K
+(the first batch): index-planned sources load nothing before it, so it should not grow with K.
 """
 
 import os
@@ -35,6 +36,9 @@ _WINDOWS = flags.DEFINE_integer("windows", 5, "Timed windows.")
 _WINDOW_BATCHES = flags.DEFINE_integer("window_batches", 20, "Batches per window.")
 _DEVICE = flags.DEFINE_bool("device_prefetch", False, "Include prefetch_to_device.")
 _SOURCE_ONLY = flags.DEFINE_bool("source_only", False, "Time the raw source alone.")
+_START_STEP = flags.DEFINE_integer(
+    "start_step", 0, "Resume the training stream at this step; prints the time to its first batch."
+)
 _TRAIN_STEP = flags.DEFINE_integer(
     "train_steps", 0, "Also time this many train steps of the config's model on the same batches."
 )
@@ -78,10 +82,21 @@ def main(argv):
     if _SOURCE_ONLY.value:
         batches = _source_batches(config, split, batch_size)
     else:
+        start = time.perf_counter()
         dataset = data.create_dataset(
-            config.data, split=split, training=_TRAINING.value, batch_size=batch_size, seed=0
+            config.data,
+            split=split,
+            training=_TRAINING.value,
+            batch_size=batch_size,
+            seed=0,
+            start_step=_START_STEP.value,
         )
         batches = iter(dataset)
+        next(batches)
+        print(
+            f"first batch (start_step {_START_STEP.value}) after "
+            f"{time.perf_counter() - start:.2f} s (index, tracing, first images)"
+        )
         if _DEVICE.value:
             batches = data.prefetch_to_device(batches, size=2)
         print(f"buckets {dataset.info.bucket_shapes}, {dataset.info.num_classes} classes")
