@@ -107,7 +107,7 @@ def test_index_is_cached_and_keyed_by_split(data_dirs, tmp_path, monkeypatch):
 
 def test_record_offsets_walk_the_frames(tmp_path):
     path = str(tmp_path / "records.tfrecord")
-    payloads = [b"a", b"", b"x" * 1000, b"bc"]
+    payloads = [b"a", b"", b"x" * 1000, b"bc\x00"]
     with tf.io.TFRecordWriter(path) as writer:
         for payload in payloads:
             writer.write(payload)
@@ -118,6 +118,9 @@ def test_record_offsets_walk_the_frames(tmp_path):
         [tfds.core.utils.shard_utils.FileInstruction(path, skip=1, take=3, examples_in_shard=4)]
     )
     assert [records[i] for i in range(len(records))] == payloads[1:]
+    # Through tf.numpy_function the trailing NUL byte survives (np.bytes_ would drop it).
+    read = tf.numpy_function(lambda: tfds_random_access.tf_bytes(records[2]), [], tf.string)
+    assert read.numpy() == b"bc\x00"
     with pytest.raises(ValueError, match="4 records, expected at least 5"):
         tfds_random_access.record_offsets(path, skip=0, take=5)
 

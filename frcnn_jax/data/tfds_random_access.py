@@ -62,6 +62,15 @@ def record_offsets(filename: str, *, skip: int, take: int) -> np.ndarray:
     return offsets
 
 
+def tf_bytes(data: bytes) -> np.ndarray:
+    """``data`` as a tf.numpy_function result for a tf.string: a 0-d object array.
+
+    np.bytes_ (and np.asarray(bytes)) drop trailing NUL bytes, which would cut a serialized
+    example that happens to end in one.
+    """
+    return np.array(data, dtype=object)
+
+
 class TfrecordRecords:
     """Records of tfds file instructions (TFRecord files) by position; thread-safe.
 
@@ -139,7 +148,7 @@ def _build_index(records, features, *, one_based: bool, description: str) -> Exa
     logging.info("indexing %s (%d examples, once; then cached)...", description, len(records))
 
     def read(position):
-        return np.bytes_(records[int(position)])
+        return tf_bytes(records[int(position)])
 
     def facts(position):
         serialized = tf.numpy_function(read, [position], tf.string, stateful=False)
@@ -239,7 +248,7 @@ def random_access(data_config, *, split: str, training: bool) -> RandomAccessSou
     def read(position):
         position = int(position)
         part = bisect.bisect_right(starts, position) - 1
-        return np.int32(part), np.bytes_(parts[part][1][position - starts[part]])
+        return np.int32(part), tf_bytes(parts[part][1][position - starts[part]])
 
     def decoder(builder):
         one_based = builder.name in tfds_source._ONE_BASED_INCLUSIVE
