@@ -9,7 +9,7 @@ resumes from the latest checkpoint in ``--workdir``.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from frcnn_jax import train_loop
+from frcnn_jax.training import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Training configuration file.")
@@ -21,7 +21,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from absl import flags  # noqa: E402
 from bench_timing import TORCH_MARKER, max_rss_bytes, time_steps  # noqa: E402, F401 (re-exported)
 from ml_collections import config_flags  # noqa: E402
 
+from frcnn_jax.models import options  # noqa: E402
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/voc.py.")
 flags.DEFINE_integer("batch_size", None, "Images per step (default: config.batch_size).")
@@ -77,7 +79,7 @@ def synthetic_batch(
     next multiples of 32 (Hb, Wb), as the pipeline's buckets: ``images`` uint8
     [B, Hb, Wb, 3]; ``image_sizes`` int32 [B, 2] = (height, width);
     ``gt_boxes`` float32 [B, G, 4] (ymin, xmin, ymax, xmax) pixels, 1..min(G, 6)
-    real boxes of 10%..60% of the image side; ``gt_labels`` int32 [B, G];
+    real boxes of 10%..60% of the image side; ``gt_classes`` int32 [B, G];
     ``gt_mask`` bool [B, G].
     """
     rng = np.random.default_rng(seed)
@@ -94,7 +96,7 @@ def synthetic_batch(
         "images": images,
         "image_sizes": np.tile(np.array([[height, width]], np.int32), (batch_size, 1)),
         "gt_boxes": np.where(mask[..., None], boxes, 0.0).astype(np.float32),
-        "gt_labels": np.where(mask, rng.integers(0, num_classes, mask.shape), 0).astype(np.int32),
+        "gt_classes": np.where(mask, rng.integers(0, num_classes, mask.shape), 0).astype(np.int32),
         "gt_mask": mask,
     }
 
@@ -253,11 +255,14 @@ def run_torch(
     to a CPU torch: its compiled nms/roi_align are missing) cannot crash us.
     """
     spec = {
-        # Every field of our FasterRCNN module that JSON can carry (tuples become lists).
+        # Our FasterRCNN's settings, grouped as config.model groups them (tuples become lists).
         "model": {
-            f.name: getattr(model, f.name)
-            for f in dataclasses.fields(model)
-            if isinstance(getattr(model, f.name), int | float | str | tuple)
+            "num_classes": model.num_classes,
+            "backbone": model.backbone,
+            **{
+                section: dataclasses.asdict(getattr(model, field))
+                for section, (field, _) in options.SECTIONS.items()
+            },
         },
         "image_size": list(size),
         "compute_dtype": compute_dtype,

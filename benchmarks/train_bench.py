@@ -6,7 +6,7 @@ Run:
   python benchmarks/train_bench.py --config=configs/synthetic.py --batch_size=2 \
     --image_size=64 --steps=3 --warmup=1      # a CPU smoke run in seconds
 
-Ours is ``train_lib.jit_train_step`` on the default mesh (all devices, batch
+Ours is ``training.sharding.jit_train_step`` on the default mesh (all devices, batch
 sharded, state donated) with the real config, compiled once ahead of time;
 batches are random images and boxes already on the device (two alternating
 batches of one shape, so nothing recompiles). Any config field can be
@@ -26,25 +26,27 @@ import jax
 import numpy as np
 from absl import app
 
-from frcnn_jax import train_lib
+from frcnn_jax.models import build_model, init_variables
+from frcnn_jax.training import sharding
+from frcnn_jax.training.step import create_train_state
 
 FLAGS = bench_util.FLAGS
 
 
 def run_ours(config, model, host_batches: list[dict]) -> dict:
     """Compiles and times ``jit_train_step``; a bench_util result dict."""
-    variables = train_lib.init_variables(model, jax.random.key(config.seed))
-    state, _ = train_lib.create_train_state(config, model, variables)
-    mesh = train_lib.make_mesh()
+    variables = init_variables(model, jax.random.key(config.seed))
+    state, _ = create_train_state(config, model, variables)
+    mesh = sharding.make_mesh()
     if config.batch_size % mesh.size:
         raise app.UsageError(
             f"--batch_size={config.batch_size} is not divisible by the {mesh.size} devices"
         )
-    state = train_lib.replicate(state, mesh)
-    batches = [train_lib.shard_batch(b, mesh) for b in host_batches]
+    state = sharding.replicate(state, mesh)
+    batches = [sharding.shard_batch(b, mesh) for b in host_batches]
     root = jax.random.key(config.seed)
     keys = [jax.random.fold_in(root, i) for i in range(FLAGS.warmup + 2 * FLAGS.steps)]
-    step_fn = train_lib.jit_train_step(mesh)
+    step_fn = sharding.jit_train_step(mesh)
 
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0], keys[0]).compile()
@@ -71,7 +73,7 @@ def main(argv):
     if FLAGS.batch_size:
         config.batch_size = FLAGS.batch_size
     size = bench_util.image_size(config)
-    model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
+    model = build_model(config.model, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=config.batch_size, size=size)
     bench_util.print_header("train", config, config.batch_size, size)
     # torchvision first, in its own process, while JAX holds no device memory yet.

@@ -3,14 +3,9 @@
 Not meant to be run directly; the runnable configs import it and override fields.
 """
 
-import dataclasses
-
 import ml_collections
 
-from frcnn_jax.models.faster_rcnn import FasterRCNN
-
-# Set per run (num_classes from the data, dtype as a string) or internal to Flax.
-_NOT_CONFIG_FIELDS = ("num_classes", "dtype", "parent", "name")
+from frcnn_jax.models import build
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,17 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 8
     config.distributed = False  # jax.distributed.initialize() for multi-host runs
 
-    config.model = ml_collections.ConfigDict()
-    # Every FasterRCNN field with its default (anchors, proposal counts, sampling,
-    # thresholds...), so that any of them can be set with --config.model.FIELD=...
-    for field in dataclasses.fields(FasterRCNN):
-        if field.name not in _NOT_CONFIG_FIELDS and field.default is not dataclasses.MISSING:
-            config.model[field.name] = field.default
-    config.model.backbone = "vgg16"
-    config.model.pretrained = ""  # an .npz from `python -m frcnn_jax.convert_weights`
-    config.model.dtype = "float32"  # or "bfloat16" compute (parameters stay float32)
-    # Matches torchvision's ImageNet weights; "caffe" for Caffe-converted VGG16 weights.
-    config.model.normalization = "torchvision"
+    # backbone, backbone_options, image_normalization, dtype, pretrained, and the groups
+    # anchors.*, rpn.*, roi.*, test.* (frcnn_jax/models/options.py documents each field).
+    config.model = build.default_model_config()
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "tfds"

@@ -5,9 +5,9 @@ Run (vgg16.npz from `python -m frcnn_jax.convert_weights --arch vgg16`, see READ
     --config.model.pretrained=vgg16.npz
   python eval.py --config=configs/voc.py --workdir=runs/voc
 
-torchvision's ImageNet VGG16 takes the default normalization "torchvision"; the
+torchvision's ImageNet VGG16 takes the default image_normalization "torchvision"; the
 Caffe VGG16 of the paper and simple-faster-rcnn-pytorch takes
---config.model.normalization=caffe.
+--config.model.image_normalization=caffe.
 
 Expected: about 0.70 VOC07 mAP@0.5 from ImageNet weights (0.699 in the paper,
 0.712 in simple-faster-rcnn-pytorch) after 14 epochs of 5011 images at batch 1;

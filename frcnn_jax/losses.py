@@ -11,8 +11,8 @@ loss of the whole batch on one device.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
-import optax
 
 
 def smooth_l1(pred: jnp.ndarray, target: jnp.ndarray, *, sigma: float) -> jnp.ndarray:
@@ -25,6 +25,19 @@ def smooth_l1(pred: jnp.ndarray, target: jnp.ndarray, *, sigma: float) -> jnp.nd
 def _per_image_mean(values: jnp.ndarray, counts: jnp.ndarray) -> jnp.ndarray:
     """Mean over images of (sum of values ``[B, N]`` / count ``[B]``), empty images giving 0."""
     return jnp.mean(values.sum(-1) / jnp.maximum(counts, 1.0))
+
+
+def sigmoid_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Elementwise binary cross-entropy of float logits and {0, 1} labels (optax's formula;
+    written here so that inference, which imports the model, does not import optax)."""
+    labels = labels.astype(logits.dtype)
+    return -labels * jax.nn.log_sigmoid(logits) - (1.0 - labels) * jax.nn.log_sigmoid(-logits)
+
+
+def softmax_cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
+    """Cross-entropy ``[...]`` of logits ``[..., K]`` and int labels ``[...]`` in [0, K)."""
+    label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    return jax.nn.logsumexp(logits, axis=-1) - label_logits
 
 
 def rpn_losses(
@@ -52,7 +65,7 @@ def rpn_losses(
     sampled = (gt_labels >= 0).astype(jnp.float32)
     positive = (gt_labels == 1).astype(jnp.float32)
     num_sampled = sampled.sum(-1)
-    bce = optax.sigmoid_binary_cross_entropy(pred_logits, positive)
+    bce = sigmoid_cross_entropy(pred_logits, positive)
     box = smooth_l1(pred_deltas, gt_deltas, sigma=sigma).sum(-1) * positive
     return {
         "rpn_cls": _per_image_mean(bce * sampled, num_sampled),
@@ -64,7 +77,7 @@ def roi_losses(
     *,
     pred_logits: jnp.ndarray,
     pred_deltas: jnp.ndarray,
-    gt_labels: jnp.ndarray,
+    gt_classes: jnp.ndarray,
     gt_deltas: jnp.ndarray,
     mask: jnp.ndarray,
     sigma: float = 1.0,
@@ -74,7 +87,7 @@ def roi_losses(
     Args:
       pred_logits: float32 ``[B, S, K]``.
       pred_deltas: float32 ``[B, S, K, 4]`` per-class deltas.
-      gt_labels: int32 ``[B, S]``, 0 background, c + 1 for class c.
+      gt_classes: int32 ``[B, S]``, 0 background, c + 1 for class c.
       gt_deltas: float32 ``[B, S, 4]`` normalised targets.
       mask: bool ``[B, S]``, False for unfilled sample slots.
       sigma: smooth L1 sigma (1 in the seed).
@@ -86,9 +99,9 @@ def roi_losses(
     """
     valid = mask.astype(jnp.float32)
     num_valid = valid.sum(-1)
-    ce = optax.softmax_cross_entropy_with_integer_labels(pred_logits, gt_labels)
-    class_deltas = jnp.take_along_axis(pred_deltas, gt_labels[..., None, None], axis=-2)[..., 0, :]
-    foreground = valid * (gt_labels > 0)
+    ce = softmax_cross_entropy(pred_logits, gt_classes)
+    class_deltas = jnp.take_along_axis(pred_deltas, gt_classes[..., None, None], axis=-2)[..., 0, :]
+    foreground = valid * (gt_classes > 0)
     box = smooth_l1(class_deltas, gt_deltas, sigma=sigma).sum(-1) * foreground
     return {
         "roi_cls": _per_image_mean(ce * valid, num_valid),

@@ -30,7 +30,7 @@ def propose(
     *,
     pre_nms_top_n: int,
     post_nms_top_n: int,
-    nms_threshold: float = 0.7,
+    nms_iou: float = 0.7,
     min_size=16,
     level_sizes: Sequence[int] | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -41,7 +41,7 @@ def propose(
     coordinates are finite; take the ``pre_nms_top_n`` highest scores among
     them (ties: lower anchor index first, where the seed's ``argsort()[::-1]``
     takes the higher; ``nms`` breaks ties the same way); greedy NMS (suppress IoU >
-    ``nms_threshold``) keeping at most ``post_nms_top_n``, in descending score
+    ``nms_iou``) keeping at most ``post_nms_top_n``, in descending score
     order. The selection has no gradient; the returned boxes are differentiable
     in ``deltas``, so callers wrap them in ``lax.stop_gradient`` to match the
     seed, which computes proposals in NumPy.
@@ -56,7 +56,7 @@ def propose(
       pre_nms_top_n: static number of candidates entering NMS (clamped to A);
         the seed's defaults are 12000 for training, 6000 for testing.
       post_nms_top_n: static number P of output slots (2000 / 300 in the seed).
-      nms_threshold: IoU above which NMS suppresses the lower-scored box.
+      nms_iou: IoU above which NMS suppresses the lower-scored box.
       min_size: minimum height and width in resized-image pixels (Python number
         or traced scalar). The seed uses ``16 * scale``, scale being the resize
         factor of the image; the detector passes ``model.rpn_min_size`` as is.
@@ -112,7 +112,7 @@ def propose(
         keep, roi_mask = nms(
             top_boxes,
             top_scores,
-            iou_threshold=nms_threshold,
+            iou_threshold=nms_iou,
             max_output=post_nms_top_n,
             valid=valid[order],
         )  # [P]
@@ -123,7 +123,7 @@ def propose(
             top_boxes,
             masked_scores[order],
             levels,
-            iou_threshold=nms_threshold,
+            iou_threshold=nms_iou,
             max_output=post_nms_top_n,
             valid=valid[order],
         )  # [P]

@@ -1,5 +1,6 @@
 """Losses: hand-worked smooth L1 and the reference's normalisations."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -41,7 +42,7 @@ def test_roi_losses_use_the_gt_class_deltas_and_skip_background_boxes():
     out = losses.roi_losses(
         pred_logits=logits,
         pred_deltas=deltas,
-        gt_labels=jnp.array([[2, 0]]),
+        gt_classes=jnp.array([[2, 0]]),
         gt_deltas=jnp.zeros((1, 2, 4)),
         mask=jnp.array([[True, True]]),
     )
@@ -75,8 +76,29 @@ def test_empty_images_give_zero_loss_not_nan():
     out = losses.roi_losses(
         pred_logits=jnp.zeros((1, 2, 3)),
         pred_deltas=jnp.zeros((1, 2, 3, 4)),
-        gt_labels=jnp.zeros((1, 2), jnp.int32),
+        gt_classes=jnp.zeros((1, 2), jnp.int32),
         gt_deltas=jnp.zeros((1, 2, 4)),
         mask=jnp.zeros((1, 2), bool),
     )
     assert float(out["roi_cls"]) == 0.0 and float(out["roi_box"]) == 0.0
+
+
+def test_cross_entropies_equal_optax():
+    # Written out in losses.py so that inference never imports optax; optax is the reference.
+    import optax  # noqa: PLC0415
+
+    key_a, key_b = jax.random.split(jax.random.key(0))
+    logits = 4.0 * jax.random.normal(key_a, (5, 7))
+    labels = jax.random.randint(key_b, (5,), 0, 7)
+    np.testing.assert_allclose(
+        losses.softmax_cross_entropy(logits, labels),
+        optax.softmax_cross_entropy_with_integer_labels(logits, labels),
+        rtol=1e-6,
+    )
+    binary = jnp.array([0.0, 1.0, 1.0, 0.0])
+    extreme = jnp.array([-50.0, -3.0, 40.0, 0.5])  # saturated logits stay finite
+    np.testing.assert_allclose(
+        losses.sigmoid_cross_entropy(extreme, binary),
+        optax.sigmoid_binary_cross_entropy(extreme, binary),
+        rtol=1e-6,
+    )

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from frcnn_jax.models import backbones
-from frcnn_jax.models.faster_rcnn import FasterRCNN, normalize_images
+from frcnn_jax.models.faster_rcnn import FasterRCNN
 from frcnn_jax.models.heads import RoIHead, RPNHead
+from frcnn_jax.models.inputs import normalize_images
+from frcnn_jax.models.options import AnchorOptions
 
 
 def _shapes(module, x, collection="params"):
@@ -104,7 +106,10 @@ def test_single_level_anchor_count_matches_rpn_outputs(backbone, expected):
 
 
 def test_fpn_anchor_count_matches_rpn_outputs():
-    model = FasterRCNN(num_classes=2, backbone="resnet50_fpn")
+    sizes = AnchorOptions(sizes=(32.0, 64.0, 128.0, 256.0, 512.0))
+    model = FasterRCNN(num_classes=2, backbone="resnet50_fpn", anchor_options=sizes)
+    with pytest.raises(ValueError, match="one size per level"):
+        FasterRCNN(num_classes=2, backbone="resnet50_fpn").anchors(64, 64)
     # 64x64: P2..P6 are 16, 8, 4, 2, 1 squared positions, 3 anchors each.
     assert model.anchors(64, 64).shape == (3 * (256 + 64 + 16 + 4 + 1), 4)
 

@@ -17,7 +17,7 @@ IMAGE_SIZE = (64, 72)
 # 8 x 9 positions x 9 anchors of sides 8..32 px: 648 anchors, many sticking out.
 ANCHORS = np.asarray(grid_anchors(anchor_base(8, scales=(1, 2, 4)), 8, 8, 9))
 
-propose_jit = jax.jit(propose, static_argnames=("pre_nms_top_n", "post_nms_top_n", "nms_threshold"))
+propose_jit = jax.jit(propose, static_argnames=("pre_nms_top_n", "post_nms_top_n", "nms_iou"))
 
 
 # ---------------------------------------------------------------- reference
@@ -150,7 +150,7 @@ def test_propose_pre_nms_top_n_larger_than_anchors():
         IMAGE_SIZE,
         pre_nms_top_n=5000,
         post_nms_top_n=500,
-        nms_threshold=0.5,
+        nms_iou=0.5,
         min_size=8.0,
     )
     assert rois.shape == (500, 4) and 0 < roi_mask.sum() < 500

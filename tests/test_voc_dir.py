@@ -57,10 +57,10 @@ def test_exact_boxes_labels_and_flags(root):
     assert a["image"].shape == (20, 30, 3) and a["image"].dtype == np.uint8
     np.testing.assert_array_equal(a["gt_boxes"], [[0, 0, 20, 30], [2, 4, 8, 14]])
     assert a["gt_boxes"].dtype == np.float32
-    np.testing.assert_array_equal(a["gt_labels"], [1, 2])
+    np.testing.assert_array_equal(a["gt_classes"], [1, 2])
     np.testing.assert_array_equal(a["gt_difficult"], [False, True])
     np.testing.assert_array_equal(b["gt_boxes"], [[1, 1, 2, 2]])  # devkit pixel (2, 2): 1x1 box
-    assert c["gt_boxes"].shape == (0, 4) and c["gt_labels"].shape == (0,)
+    assert c["gt_boxes"].shape == (0, 4) and c["gt_classes"].shape == (0,)
     assert c["image"].shape == (18, 12, 3)
     records, problems = _scan(root)
     np.testing.assert_array_equal(records[0].gt_truncated, [False, True])
@@ -93,7 +93,7 @@ def test_class_names_sources(root):
     (root / "classes.txt").write_text("person\n\ncat\ndog\n")
     examples, names = _read(root, classes=None)
     assert names == ("person", "cat", "dog")
-    np.testing.assert_array_equal(examples[0]["gt_labels"], [2, 0])
+    np.testing.assert_array_equal(examples[0]["gt_classes"], [2, 0])
     with pytest.raises(voc_dir.VocDirError, match=r"Duplicate class names.*\['a'\]"):
         voc_dir.class_names(_config(root, "a,b,a"))
 
@@ -115,7 +115,7 @@ def test_bad_boxes_are_clipped_or_dropped_and_counted(root):
     write_voc_layout(root, [FakeExample("a", height=20, width=30, objects=objects)], {})
     records, problems = _scan(root, "train")
     np.testing.assert_array_equal(records[0].gt_boxes, [[0, 0, 10, 30], [0, 1.5, 4, 7.5]])
-    np.testing.assert_array_equal(records[0].gt_labels, [0, 1])
+    np.testing.assert_array_equal(records[0].gt_classes, [0, 1])
     assert problems.counts == {
         "box clipped to the image": 1,
         "box with xmax < xmin or ymax < ymin dropped": 1,

@@ -5,14 +5,14 @@ example, Hb x Wb a bucket (padded image) shape.
 
 A source (``data.name``: "synthetic", "tfds", "voc_dir") yields unbatched raw examples:
   "image" uint8 [H, W, 3] RGB, "image_id" tf.string [], "gt_boxes" float32 [N, 4] (ymin, xmin, ymax,
-  xmax) continuous pixels of the original image, "gt_labels" int32 [N] 0-based,
+  xmax) continuous pixels of the original image, "gt_classes" int32 [N] 0-based,
   "gt_difficult" bool [N].
 
 ``create_dataset(...)`` returns a ``DetectionDataset`` (``.info`` is a ``DatasetInfo``) whose
 iteration yields NumPy batches (rules in ``frcnn_jax.data.pipeline``):
   "images" uint8 [B, Hb, Wb, 3], "image_sizes" int32 [B, 2], "orig_sizes" int32 [B, 2],
   "scales" float32 [B, 2] (resized = orig * scale), "gt_boxes" float32 [B, G, 4] resized pixels,
-  "gt_labels" int32 [B, G], "gt_mask" / "gt_difficult" / "gt_valid" bool [B, G],
+  "gt_classes" int32 [B, G], "gt_mask" / "gt_difficult" / "gt_valid" bool [B, G],
   "example_mask" bool [B], "image_ids" bytes object [B] (host only).
 ``prefetch_to_device`` moves every array but "image_ids" to devices ahead of the step.
 """

@@ -127,7 +127,7 @@ def render_example(
 
     Returns:
       dict with "image" uint8 [H, W, 3]; "gt_boxes" float32 [N, 4] (ymin, xmin, ymax, xmax) exact
-      tight bounds of "masks" bool [N, H, W]; "gt_labels" int32 [N] indices into CLASS_NAMES.
+      tight bounds of "masks" bool [N, H, W]; "gt_classes" int32 [N] indices into CLASS_NAMES.
     """
     if split not in SPLITS:
         raise ValueError(f"synthetic split {split!r} unknown; expected one of {SPLITS}")
@@ -172,7 +172,7 @@ def render_example(
     return {
         "image": np.clip(np.round(image), 0, 255).astype(np.uint8),
         "gt_boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
-        "gt_labels": np.array(labels, dtype=np.int32),
+        "gt_classes": np.array(labels, dtype=np.int32),
         "masks": np.array(masks, dtype=bool).reshape(-1, height, width),
     }
 
@@ -215,7 +215,7 @@ def source(data_config, *, split, training, seed, process_index, process_count):
 
     def generate(index):
         example = render_example(int(index), split=split, **options)
-        return example["image"], example["gt_boxes"], example["gt_labels"]
+        return example["image"], example["gt_boxes"], example["gt_classes"]
 
     def to_example(index):
         image, boxes, labels = tf.numpy_function(
@@ -228,7 +228,7 @@ def source(data_config, *, split, training, seed, process_index, process_count):
             "image": image,
             "image_id": tf.strings.join([split, tf.strings.as_string(index)], separator="/"),
             "gt_boxes": boxes,
-            "gt_labels": labels,
+            "gt_classes": labels,
             "gt_difficult": tf.zeros_like(labels, dtype=tf.bool),
         }
 

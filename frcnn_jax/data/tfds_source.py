@@ -125,7 +125,7 @@ def _to_raw(example, *, one_based_inclusive: bool, drop_crowd: bool):
         "image": image,
         "image_id": _image_id(example),
         "gt_boxes": tf.reshape(boxes, [-1, 4]),
-        "gt_labels": labels,
+        "gt_classes": labels,
         "gt_difficult": difficult,
     }
 

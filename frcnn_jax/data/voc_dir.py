@@ -66,7 +66,7 @@ class VocRecord:
     image_path: str
     image_size: tuple[int, int]  # (height, width) from the image header
     gt_boxes: np.ndarray  # float32 [N, 4]
-    gt_labels: np.ndarray  # int32 [N], index into class_names
+    gt_classes: np.ndarray  # int32 [N], index into class_names
     gt_difficult: np.ndarray  # bool [N]
     gt_truncated: np.ndarray  # bool [N]
 
@@ -189,7 +189,7 @@ def _objects(
     """Objects of one VOC XML file as arrays, boxes converted and clipped to `image_size` (h, w).
 
     Returns {"gt_boxes": float32 [N, 4] (ymin, xmin, ymax, xmax) continuous 0-based pixels,
-    "gt_labels": int32 [N], "gt_difficult": bool [N], "gt_truncated": bool [N]}.
+    "gt_classes": int32 [N], "gt_difficult": bool [N], "gt_truncated": bool [N]}.
     """
     height, width = image_size
     if _size_in_xml(annotation) not in (None, image_size):
@@ -226,7 +226,7 @@ def _objects(
         truncated.append(_flag(obj, "truncated"))
     return {
         "gt_boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-        "gt_labels": np.asarray(labels, np.int32),
+        "gt_classes": np.asarray(labels, np.int32),
         "gt_difficult": np.asarray(difficult, bool),
         "gt_truncated": np.asarray(truncated, bool),
     }
@@ -320,9 +320,9 @@ def source(
     logging.info(
         "voc_dir %s split %r: %d examples on process %d.", root, split, len(records), process_index
     )
-    row_splits = np.cumsum([0] + [len(r.gt_labels) for r in records])
+    row_splits = np.cumsum([0] + [len(r.gt_classes) for r in records])
     boxes = tf.constant(np.concatenate([r.gt_boxes for r in records]).reshape(-1, 4))
-    labels = tf.constant(np.concatenate([r.gt_labels for r in records]))
+    labels = tf.constant(np.concatenate([r.gt_classes for r in records]))
     difficult = tf.constant(np.concatenate([r.gt_difficult for r in records]))
     index = tf.data.Dataset.from_tensor_slices(
         {
@@ -342,7 +342,7 @@ def source(
             "image": image,
             "image_id": entry["image_id"],
             "gt_boxes": boxes[rows],
-            "gt_labels": labels[rows],
+            "gt_classes": labels[rows],
             "gt_difficult": difficult[rows],
         }
         return example, ok

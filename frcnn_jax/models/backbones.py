@@ -20,8 +20,9 @@ affine map, whatever the batch size.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -191,6 +192,10 @@ class SmallNet(nn.Module):
     widths: Sequence[int] = (32, 64, 96, 128)
     dtype: Dtype = jnp.float32
 
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return (2 ** len(self.widths),)
+
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
         if not 2 <= len(self.widths) <= 5:
@@ -207,27 +212,71 @@ class SmallNet(nn.Module):
         return [x]
 
 
-BACKBONES = {
-    "vgg16": VGG16,
-    "resnet50_fpn": functools.partial(ResNetFPN, stage_sizes=(3, 4, 6, 3)),
-    "resnet101_fpn": functools.partial(ResNetFPN, stage_sizes=(3, 4, 23, 3)),
-    "small": SmallNet,
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the project knows about one ``config.model.backbone``, in one place.
+
+    factory: builds the Flax module (``factory(dtype=..., **config.model.backbone_options)``);
+      the module has ``strides`` (one per output map, finest first) and returns the maps.
+    frozen_prefixes: parameter paths inside the backbone that the optimizer never updates
+      (a prefix ending in "_" matches by string prefix: "body/layer1_" is every layer1 block).
+    torchvision_arch: the ``convert_weights --arch`` whose ImageNet file fits; None: none.
+    weight_layout: how torchvision's names map to ours ("vgg" or "resnet"; frcnn_jax.weights).
+    weight_prefixes: FasterRCNN variables a converted file must fill completely (the FPN, RPN
+      and detection layers keep their initialisation).
+    """
+
+    factory: Callable[..., nn.Module]
+    frozen_prefixes: tuple[str, ...] = ()
+    torchvision_arch: str | None = None
+    weight_layout: str | None = None
+    weight_prefixes: tuple[str, ...] = ()
+
+
+_RESNET_WEIGHTS = {
+    "weight_layout": "resnet",
+    "weight_prefixes": ("params/body/body/", "frozen/body/body/"),
+    "frozen_prefixes": ("body/conv1", "body/layer1_"),
 }
 
-# Parameters the optimizer never touches (top-level names inside the backbone).
-_FROZEN_PREFIXES = {
-    "vgg16": ("conv1_1", "conv1_2", "conv2_1", "conv2_2"),
-    "resnet50_fpn": ("body/conv1", "body/layer1_"),
-    "resnet101_fpn": ("body/conv1", "body/layer1_"),
-    "small": (),
+BACKBONES: dict[str, BackboneSpec] = {
+    "vgg16": BackboneSpec(
+        VGG16,
+        # conv1_1 .. conv2_2, as the seed (Caffe lr 0).
+        frozen_prefixes=("conv1_1", "conv1_2", "conv2_1", "conv2_2"),
+        torchvision_arch="vgg16",
+        weight_layout="vgg",
+        weight_prefixes=("params/body/",),
+    ),
+    "resnet50_fpn": BackboneSpec(
+        functools.partial(ResNetFPN, stage_sizes=(3, 4, 6, 3)),
+        torchvision_arch="resnet50",
+        **_RESNET_WEIGHTS,
+    ),
+    "resnet101_fpn": BackboneSpec(
+        functools.partial(ResNetFPN, stage_sizes=(3, 4, 23, 3)),
+        torchvision_arch="resnet101",
+        **_RESNET_WEIGHTS,
+    ),
+    "small": BackboneSpec(SmallNet),
 }
+
+
+def get_spec(backbone: str) -> BackboneSpec:
+    """The spec of ``config.model.backbone``; ValueError naming the choices otherwise."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"model.backbone={backbone!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[backbone]
+
+
+def by_torchvision_arch() -> dict[str, str]:
+    """``{convert_weights --arch: model.backbone}`` of every backbone with ImageNet weights."""
+    return {s.torchvision_arch: name for name, s in BACKBONES.items() if s.torchvision_arch}
 
 
 def is_frozen_param(backbone: str, path: str) -> bool:
     """Whether ``path`` ("conv1_1/kernel", "body/layer1_0/conv1/kernel") is frozen."""
-    if backbone not in _FROZEN_PREFIXES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
     return any(
         path == p or path.startswith(p + "/") or (p.endswith("_") and path.startswith(p))
-        for p in _FROZEN_PREFIXES[backbone]
+        for p in get_spec(backbone).frozen_prefixes
     )

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from frcnn_jax import optim
 from frcnn_jax.models import backbones
+from frcnn_jax.training import optim
 
 
 def _params():

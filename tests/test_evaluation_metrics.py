@@ -35,11 +35,11 @@ def _reference_voc_ap(rec, prec, use_07_metric):
 
 
 def _reference_voc_eval(case, classname, ovthresh, use_07_metric):
-    pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficults = case
+    pred_boxes, pred_classes, pred_scores, gt_boxes, gt_classes, gt_difficults = case
     class_recs = {}
     npos = 0
     for imagename in range(len(gt_boxes)):
-        R = np.flatnonzero(gt_labels[imagename] == classname)
+        R = np.flatnonzero(gt_classes[imagename] == classname)
         bbox = gt_boxes[imagename][R][:, [1, 0, 3, 2]]
         difficult = gt_difficults[imagename][R].astype(bool)
         det = [False] * len(R)
@@ -50,7 +50,7 @@ def _reference_voc_eval(case, classname, ovthresh, use_07_metric):
 
     image_ids, confidence, BB = [], [], []
     for imagename in range(len(pred_boxes)):
-        for j in np.flatnonzero(pred_labels[imagename] == classname):
+        for j in np.flatnonzero(pred_classes[imagename] == classname):
             image_ids.append(imagename)
             confidence.append(pred_scores[imagename][j])
             BB.append(pred_boxes[imagename][j][[1, 0, 3, 2]])
@@ -122,33 +122,35 @@ def _random_case(seed, num_classes=3):
     for _ in range(rng.integers(1, 5)):
         num_gt = rng.integers(0, 6)
         gt_boxes = _random_boxes(rng, num_gt, integer)
-        gt_labels = rng.integers(0, num_classes, num_gt)
+        gt_classes = rng.integers(0, num_classes, num_gt)
         num_copies = rng.integers(0, 2 * num_gt + 1)
         source = rng.integers(0, max(num_gt, 1), num_copies)
         copies = gt_boxes[source] + rng.normal(0, 1.5, (num_copies, 4))
         copies = np.round(copies) if integer else copies
         copies[:, 2:] = np.maximum(copies[:, 2:], copies[:, :2])
         relabel = rng.random(num_copies) < 0.2
-        copy_labels = np.where(relabel, rng.integers(0, num_classes, num_copies), gt_labels[source])
+        copy_labels = np.where(
+            relabel, rng.integers(0, num_classes, num_copies), gt_classes[source]
+        )
         num_random = rng.integers(0, 4)
         pred_boxes = np.concatenate([copies, _random_boxes(rng, num_random, integer)])
-        pred_labels = np.concatenate([copy_labels, rng.integers(0, num_classes, num_random)])
+        pred_classes = np.concatenate([copy_labels, rng.integers(0, num_classes, num_random)])
         pred_scores = rng.random(len(pred_boxes))  # distinct: no tie-order question
-        for lst, x in zip(case, (pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels)):
+        for lst, x in zip(case, (pred_boxes, pred_classes, pred_scores, gt_boxes, gt_classes)):
             lst.append(x)
         case[5].append(rng.random(num_gt) < 0.25)
     return case
 
 
 @pytest.mark.parametrize("use_07_metric", [False, True])
-@pytest.mark.parametrize("iou_thresh", [0.5, 0.7])
-def test_voc_matches_reference_on_random_cases(iou_thresh, use_07_metric):
+@pytest.mark.parametrize("iou_threshold", [0.5, 0.7])
+def test_voc_matches_reference_on_random_cases(iou_threshold, use_07_metric):
     for seed in range(150):
         case = _random_case(seed)
         result = evaluation.eval_detection_voc(
-            *case, iou_thresh=iou_thresh, use_07_metric=use_07_metric, num_classes=3
+            *case, iou_threshold=iou_threshold, use_07_metric=use_07_metric, num_classes=3
         )
-        expected = [_reference_voc_eval(case, c, iou_thresh, use_07_metric) for c in range(3)]
+        expected = [_reference_voc_eval(case, c, iou_threshold, use_07_metric) for c in range(3)]
         np.testing.assert_allclose(result["ap"], expected, rtol=1e-12, atol=1e-12, err_msg=seed)
         defined = [ap for ap in expected if not math.isnan(ap)]
         assert result["map"] == pytest.approx(
@@ -244,7 +246,7 @@ def test_inclusive_pixels_change_a_borderline_iou():
 def test_iou_exactly_at_threshold_is_a_hit():
     # 10 x 5 of 10 x 10 pixels: IoU exactly 0.5. VOCevaldet.m tests `ovmax >= minoverlap`.
     assert _voc([[0.0, 0.0, 9.0, 4.0]], [0.9], [GT_A])["ap"][0] == 1.0
-    assert _voc([[0.0, 0.0, 9.0, 4.0]], [0.9], [GT_A], iou_thresh=0.51)["ap"][0] == 0.0
+    assert _voc([[0.0, 0.0, 9.0, 4.0]], [0.9], [GT_A], iou_threshold=0.51)["ap"][0] == 0.0
 
 
 def test_class_without_gt_is_nan_and_left_out_of_map():
@@ -301,8 +303,8 @@ def test_bad_inputs_raise():
         evaluation.eval_detection_voc(*one, [np.zeros((1, 5))], [np.zeros(1, int)])
     with pytest.raises(ValueError, match="num_classes=1"):
         evaluation.eval_detection_voc(*one, [np.asarray([GT_A])], [np.ones(1, int)], num_classes=1)
-    with pytest.raises(ValueError, match="iou_thresh"):
-        evaluation.eval_detection_voc(*one, *one[:2], iou_thresh=0.0)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        evaluation.eval_detection_voc(*one, *one[:2], iou_threshold=0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,10 +316,10 @@ COCO_GT = (
 )
 
 
-def _coco(pred_boxes, pred_labels=None, scores=None, gt=COCO_GT, **kwargs):
-    pred_labels = gt[1] if pred_labels is None else pred_labels
+def _coco(pred_boxes, pred_classes=None, scores=None, gt=COCO_GT, **kwargs):
+    pred_classes = gt[1] if pred_classes is None else pred_classes
     scores = [np.linspace(0.9, 0.5, len(b)) for b in pred_boxes] if scores is None else scores
-    return evaluation.eval_detection_coco(pred_boxes, pred_labels, scores, *gt, **kwargs)
+    return evaluation.eval_detection_coco(pred_boxes, pred_classes, scores, *gt, **kwargs)
 
 
 def test_coco_perfect_predictions(capsys):
@@ -379,13 +381,3 @@ def test_coco_without_any_gt_is_nan():
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def test_per_class_table():
-    table = evaluation.per_class_table(np.asarray([0.5, np.nan, 1.0]), ["cat", "dog", "aeroplane"])
-    lines = table.splitlines()
-    assert lines[2].split() == ["cat", "0.5000"]
-    assert lines[3].split() == ["dog", "n/a"]
-    assert lines[-1].split() == ["mAP", "0.7500"]  # mean over the classes with an AP
-    with pytest.raises(ValueError):
-        evaluation.per_class_table(np.zeros(2), ["cat"])

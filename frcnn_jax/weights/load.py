@@ -1,5 +1,7 @@
 """Loads ImageNet weights converted by ``python -m frcnn_jax.convert_weights`` into variables.
 
+Which variables a file must fill comes from the backbone's ``BackboneSpec.weight_prefixes``.
+
 The ``.npz`` maps "/"-joined variable paths (``params/body/conv1_1/kernel``,
 ``frozen/body/body/bn1/mean``) to arrays. Loading is strict, so that a file for
 another architecture, a truncated file or a head of the wrong width fails at
@@ -15,14 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-# Variables a pretrained file must fill completely, per config.model.backbone
-# (the FPN, RPN and detection layers are new and keep their initialisation).
-_REQUIRED = {
-    "vgg16": ("params/body/",),
-    "resnet50_fpn": ("params/body/body/", "frozen/body/body/"),
-    "resnet101_fpn": ("params/body/body/", "frozen/body/body/"),
-}
-_ARCHS = {"vgg16": "vgg16", "resnet50_fpn": "resnet50", "resnet101_fpn": "resnet101"}
+from frcnn_jax.models import backbones
 
 
 def _read(path: str) -> dict[str, np.ndarray]:
@@ -35,12 +30,11 @@ def _read(path: str) -> dict[str, np.ndarray]:
 
 def _file_arch(arrays: dict[str, np.ndarray]) -> str | None:
     """The --arch a converted file came from, judged by its names (None if unrecognised)."""
-    if "params/body/conv1_1/kernel" in arrays:
-        return "vgg16"
-    if "params/body/body/layer3_22/conv1/kernel" in arrays:
-        return "resnet101"
-    if "params/body/body/conv1/kernel" in arrays:
-        return "resnet50"
+    from frcnn_jax.weights import convert  # noqa: PLC0415 (its tables are built on demand)
+
+    for arch in backbones.by_torchvision_arch():
+        if set(convert.expected_variables(arch)) == set(arrays):
+            return arch
     return None
 
 
@@ -49,7 +43,7 @@ def load_pretrained(variables: dict, path: str, *, backbone: str) -> dict:
 
     Args:
       variables: ``{"params": ..., "frozen": ...}`` of ``FasterRCNN`` (from
-        ``train_lib.init_variables``); leaves are arrays (or anything with
+        ``models.init_variables``); leaves are arrays (or anything with
         ``shape`` and ``dtype``, such as ``jax.ShapeDtypeStruct``).
       path: ``.npz`` written by ``frcnn_jax.convert_weights``.
       backbone: ``config.model.backbone`` of the model.
@@ -62,10 +56,11 @@ def load_pretrained(variables: dict, path: str, *, backbone: str) -> dict:
       ValueError listing every array that names no variable, has the wrong
       shape or is not floating point, and every required variable the file lacks.
     """
-    if backbone not in _REQUIRED:
+    spec = backbones.get_spec(backbone)
+    if spec.torchvision_arch is None:
         raise ValueError(
             f"config.model.backbone={backbone!r} has no ImageNet weights to load; "
-            f"config.model.pretrained works with {sorted(_REQUIRED)}"
+            f"config.model.pretrained works with {sorted(backbones.by_torchvision_arch().values())}"
         )
     arrays = _read(path)
     flat = {
@@ -81,13 +76,15 @@ def load_pretrained(variables: dict, path: str, *, backbone: str) -> dict:
             misshaped.append(f"{name}: file {array.shape}, model {tuple(flat[name].shape)}")
         elif not np.issubdtype(array.dtype, np.floating):
             misshaped.append(f"{name}: file dtype {array.dtype}, expected floating point")
-    missing = [name for name in flat if name.startswith(_REQUIRED[backbone]) and name not in arrays]
+    missing = [
+        name for name in flat if name.startswith(spec.weight_prefixes) and name not in arrays
+    ]
     if unknown or misshaped or missing:
-        file_arch, hint = _file_arch(arrays), f"convert with --arch {_ARCHS[backbone]}"
-        if file_arch not in (None, _ARCHS[backbone]):
+        file_arch, hint = _file_arch(arrays), f"convert with --arch {spec.torchvision_arch}"
+        if file_arch not in (None, spec.torchvision_arch):
             hint = f"the file holds {file_arch} weights; {hint}"
         elif any("/head/fc" in item for item in misshaped):
-            hint = "VGG16's fc6/fc7 need config.model.roi_hidden=(4096, 4096)"
+            hint = "VGG16's fc6/fc7 need config.model.roi.hidden=(4096, 4096)"
         lines = [
             f"config.model.pretrained={path} does not fit model.backbone={backbone!r} ({hint}):"
         ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from frcnn_jax.models.backbones import BACKBONES
+from frcnn_jax.models.build import check_model_config
 
 _POSITIVE_INTS = (
     "num_train_steps",
@@ -26,10 +26,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}")
     if not config.learning_rate > 0:
         raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
-    if config.model.backbone not in BACKBONES:
-        raise ValueError(
-            f"config.model.backbone={config.model.backbone!r}; choose one of {sorted(BACKBONES)}"
-        )
+    check_model_config(config.model)
     if config.data.name not in ("synthetic", "tfds", "voc_dir"):
         raise ValueError(
             f"config.data.name={config.data.name!r}; choose 'synthetic', 'tfds' or 'voc_dir'"

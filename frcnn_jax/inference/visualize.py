@@ -110,7 +110,7 @@ def _label(draw, box, text, color, font, image_width):
 def draw_detections(
     image,
     boxes,
-    class_ids,
+    classes,
     scores=None,
     *,
     class_names: Sequence[str] | None = None,
@@ -121,21 +121,21 @@ def draw_detections(
     Args:
       image: uint8 ``[H, W, 3]`` or PIL image.
       boxes: float ``[n, 4]`` (ymin, xmin, ymax, xmax) pixels of ``image``.
-      class_ids: int ``[n]`` 0-based; scores: float ``[n]`` or None.
+      classes: int ``[n]`` 0-based; scores: float ``[n]`` or None.
       class_names: names indexed by class id (default: the ids).
       min_display_size: images whose longer side is smaller are upscaled by an integer factor
         (nearest neighbour) so labels stay readable; the picture is then larger than ``image``.
     """
     canvas, factor = _upscaled(_to_pil(image), min_display_size)
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * factor
-    class_ids = np.asarray(class_ids, np.int64).reshape(-1)
+    classes = np.asarray(classes, np.int64).reshape(-1)
     scores = None if scores is None else np.asarray(scores, np.float32).reshape(-1)
     draw, font, width = ImageDraw.Draw(canvas), _font(canvas), _line_width(canvas)
     # Lowest score first, so the most confident boxes and labels end up on top.
     order = np.argsort(scores, kind="stable") if scores is not None else range(len(boxes))
     for i in order:
-        color = class_color(int(class_ids[i]))
-        name = class_names[class_ids[i]] if class_names is not None else str(class_ids[i])
+        color = class_color(int(classes[i]))
+        name = class_names[classes[i]] if class_names is not None else str(classes[i])
         _rectangle(draw, boxes[i], color, width)
         text = name if scores is None else f"{name} {scores[i]:.2f}"
         _label(draw, boxes[i], text, color, font, canvas.width)

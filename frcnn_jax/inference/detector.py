@@ -19,8 +19,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from frcnn_jax import eval_lib, restore
+from frcnn_jax import workdir as workdir_lib
 from frcnn_jax.data import pipeline
+from frcnn_jax.inference.predict_fn import make_predict_fn, to_original_pixels
 from frcnn_jax.models.faster_rcnn import FasterRCNN
 
 DEFAULT_SCORE_THRESHOLD = 0.5
@@ -39,12 +40,12 @@ class Detections:
     """The detections of one image, by descending score.
 
     boxes: float32 ``[n, 4]`` (ymin, xmin, ymax, xmax) continuous pixels of the input image.
-    class_ids: int32 ``[n]`` 0-based; class_names: their names; scores: float32 ``[n]``.
+    classes: int32 ``[n]`` 0-based; class_names: their names; scores: float32 ``[n]``.
     image_size: the input image's (height, width); source: its path, if it was read from one.
     """
 
     boxes: np.ndarray
-    class_ids: np.ndarray
+    classes: np.ndarray
     class_names: tuple[str, ...]
     scores: np.ndarray
     image_size: tuple[int, int]
@@ -62,11 +63,11 @@ class Detections:
             "detections": [
                 {
                     "box": [round(float(v), 2) for v in box],
-                    "class_id": int(c),
+                    "class": int(c),
                     "class_name": n,
                     "score": round(float(s), 5),
                 }
-                for box, c, n, s in zip(self.boxes, self.class_ids, self.class_names, self.scores)
+                for box, c, n, s in zip(self.boxes, self.classes, self.class_names, self.scores)
             ],
         }
 
@@ -146,7 +147,7 @@ class Detector:
         self.buckets = pipeline.bucket_shapes(
             min_size=int(min_size), max_size=int(max_size), buckets=buckets or None
         )
-        self._predict_fn = eval_lib.make_predict_fn(model)
+        self._predict_fn = make_predict_fn(model)
         self._preprocess_fn = _make_preprocess_fn(
             min_size=int(min_size), max_size=int(max_size), buckets=self.buckets
         )
@@ -156,10 +157,10 @@ class Detector:
         """The model of a ``train.py`` workdir at checkpoint ``step`` (default: the latest).
 
         Raises:
-          restore.WorkdirError: (a FileNotFoundError, ValueError or RuntimeError) naming the
+          workdir_lib.WorkdirError: (a FileNotFoundError, ValueError or RuntimeError) naming the
           missing file or step (with the steps that exist), or the weights that do not fit.
         """
-        model, variables, config, class_names, step = restore.load_model(workdir, step=step)
+        model, variables, config, class_names, step = workdir_lib.load_model(workdir, step=step)
         return cls(
             model,
             variables,
@@ -222,15 +223,13 @@ class Detector:
                 )
                 out = self._predict_fn(self.variables, batch["images"], batch["image_sizes"])
                 out = {k: np.asarray(v) for k, v in out.items()}
-                boxes = eval_lib.to_original_pixels(
-                    out["boxes"], batch["scales"], batch["orig_sizes"]
-                )
+                boxes = to_original_pixels(out["boxes"], batch["scales"], batch["orig_sizes"])
                 for row, i in enumerate(chunk):
                     keep = out["valid"][row]
                     ids = out["classes"][row][keep].astype(np.int32)
                     results[i] = Detections(
                         boxes=boxes[row][keep].astype(np.float32),
-                        class_ids=ids,
+                        classes=ids,
                         class_names=tuple(self.class_names[c] for c in ids),
                         scores=out["scores"][row][keep].astype(np.float32),
                         image_size=tuple(int(s) for s in arrays[i].shape[:2]),
@@ -243,7 +242,7 @@ def _threshold(result: Detections, score_threshold: float) -> Detections:
     return dataclasses.replace(
         result,
         boxes=result.boxes[keep],
-        class_ids=result.class_ids[keep],
+        classes=result.classes[keep],
         scores=result.scores[keep],
         class_names=tuple(n for n, k in zip(result.class_names, keep) if k),
     )
@@ -280,7 +279,7 @@ def _make_preprocess_fn(*, min_size: int, max_size: int, buckets):
             "image": image,
             "image_id": tf.constant(""),
             "gt_boxes": tf.zeros([0, 4], tf.float32),
-            "gt_labels": tf.zeros([0], tf.int32),
+            "gt_classes": tf.zeros([0], tf.int32),
             "gt_difficult": tf.zeros([0], tf.bool),
         }
         out = pipeline.preprocess(

@@ -9,9 +9,9 @@ import time
 import jax
 import numpy as np
 
-from frcnn_jax import checkpoint as checkpoint_lib
 from frcnn_jax import data as data_lib
-from frcnn_jax import train_lib
+from frcnn_jax import workdir as workdir_lib
+from frcnn_jax.models import build_model
 from tests.tiny import tiny_config
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "resume_check.py")
@@ -30,15 +30,10 @@ def _run(workdir, steps=STEPS, **kwargs):
 
 def _final_params(workdir):
     config = tiny_config()
-    model = train_lib.build_model(
-        config.model, num_classes=len(data_lib.get_class_names(config.data))
-    )
-    state, _ = train_lib.create_train_state(
-        config, model, train_lib.init_variables(model, jax.random.key(0))
-    )
-    checkpointer = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
-    assert checkpointer.latest_step() == STEPS
-    return jax.device_get(checkpointer.restore(state).params)
+    model = build_model(config.model, num_classes=len(data_lib.get_class_names(config.data)))
+    variables, step = workdir_lib.restore_variables(str(workdir), model)
+    assert step == STEPS
+    return jax.device_get(variables["params"])
 
 
 def _checkpoint_steps(workdir):

@@ -8,8 +8,9 @@ import sys
 import numpy as np
 import pytest
 
-from frcnn_jax import evaluate_run, restore
+from frcnn_jax import workdir as workdir_lib
 from frcnn_jax.data import synthetic
+from frcnn_jax.evaluation import run as evaluate_run
 from tests.tiny import tiny_config
 from tests.tiny_workdir import make_workdir
 
@@ -53,17 +54,17 @@ def test_evaluate_checkpoint_writes_metrics_detections_and_pr_curves(workdir, ca
     assert detections["class_names"] == list(synthetic.CLASS_NAMES)
     assert len(detections["images"]) == written["images"]
     first = detections["images"][0]
-    assert len(first["boxes"]) == len(first["class_ids"]) == len(first["scores"])
+    assert len(first["boxes"]) == len(first["classes"]) == len(first["scores"])
     assert os.path.getsize(os.path.join(workdir, "eval", "pr_curves.png")) > 0
 
 
 def _result(pred_boxes, gt_boxes):
     return {
         "boxes": np.array(pred_boxes, np.float32),
-        "labels": np.zeros(len(pred_boxes), int),
+        "classes": np.zeros(len(pred_boxes), int),
         "scores": np.linspace(0.9, 0.5, len(pred_boxes)),
         "gt_boxes": np.array(gt_boxes, np.float32),
-        "gt_labels": np.zeros(len(gt_boxes), int),
+        "gt_classes": np.zeros(len(gt_boxes), int),
         "gt_difficult": np.zeros(len(gt_boxes), bool),
     }
 
@@ -102,7 +103,7 @@ def test_a_config_with_other_classes_is_refused_before_any_work(workdir, tmp_pat
     config = tiny_config(
         **{"data.name": "voc_dir", "data.root": str(tmp_path), "data.classes": "voc"}
     )
-    with pytest.raises(restore.MismatchError, match=r"4 classes.*20 classes"):
+    with pytest.raises(workdir_lib.MismatchError, match=r"4 classes.*20 classes"):
         evaluate_run.evaluate_checkpoint(config, workdir, progress=False)
 
 
@@ -129,7 +130,9 @@ def test_the_trained_architecture_comes_from_the_workdir(tmp_path, monkeypatch):
     # neither (same parameter shapes, so only the workdir can tell): the workdir wins,
     # while test-time options come from the given config.
     workdir = tmp_path / "caffe"
-    make_workdir(workdir, tiny_config(**{"model.normalization": "caffe", "model.roi_op": "pool"}))
+    make_workdir(
+        workdir, tiny_config(**{"model.image_normalization": "caffe", "model.roi.op": "pool"})
+    )
     seen = {}
 
     def fake_run(model, variables, config, **kwargs):
@@ -147,7 +150,7 @@ def test_the_trained_architecture_comes_from_the_workdir(tmp_path, monkeypatch):
 
     monkeypatch.setattr(evaluate_run, "run_evaluation", fake_run)
     monkeypatch.setattr(evaluate_run, "ap_table", lambda metrics: "")
-    config = tiny_config(**{"model.score_threshold": 0.3})
+    config = tiny_config(**{"model.test.score_threshold": 0.3})
     evaluate_run.evaluate_checkpoint(config, str(workdir), progress=False)
-    assert seen["model"].normalization == "caffe" and seen["model"].roi_op == "pool"
-    assert seen["model"].score_threshold == 0.3
+    assert seen["model"].image_normalization == "caffe" and seen["model"].roi_options.op == "pool"
+    assert seen["model"].test_options.score_threshold == 0.3

@@ -1,4 +1,4 @@
-"""Tests for frcnn_jax.convert_weights (loading the result: test_pretrained.py).
+"""Tests for frcnn_jax.weights.convert (loading the result: test_weights_load.py).
 
 The numerical tests build torchvision-layout models (torchvision itself when it
 imports, else the same names and shapes from plain torch modules below), fill
@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from frcnn_jax import convert_weights as cw
 from frcnn_jax.models.backbones import VGG16, ResNet
 from frcnn_jax.models.heads import RoIHead
+from frcnn_jax.weights import convert as cw
 
 RTOL = 1e-4
 

@@ -1,4 +1,4 @@
-"""Tests for frcnn_jax.pretrained: strict loading of converted weights into FasterRCNN variables.
+"""Tests for frcnn_jax.weights.load: strict loading of converted weights into FasterRCNN variables.
 
 The variables are FasterRCNN's real initial tree, as shapes (``jax.eval_shape``,
 nothing computed), so these tests pin the names the converter writes to the
@@ -12,9 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from frcnn_jax import convert_weights as cw
-from frcnn_jax import pretrained
 from frcnn_jax.models.faster_rcnn import FasterRCNN
+from frcnn_jax.models.options import RoIOptions, RPNOptions
+from frcnn_jax.weights import convert as cw
+from frcnn_jax.weights import load as pretrained
 
 
 def _numpy_state_dict(arch: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -51,7 +52,11 @@ def npz_files(tmp_path_factory) -> dict[str, str]:
 
 
 def test_load_pretrained_resnet50_fpn(npz_files):
-    variables = _model_variables("resnet50_fpn", roi_hidden=(1024, 1024), rpn_channels=256)
+    variables = _model_variables(
+        "resnet50_fpn",
+        roi_options=RoIOptions(hidden=(1024, 1024)),
+        rpn_options=RPNOptions(channels=256),
+    )
     loaded = pretrained.load_pretrained(variables, npz_files["resnet50"], backbone="resnet50_fpn")
     body = loaded["params"]["body"]["body"]
     expected = _numpy_state_dict("resnet50")["conv1.weight"].transpose(2, 3, 1, 0)
@@ -79,15 +84,17 @@ def test_load_pretrained_rejects_mismatches(npz_files):
     # A resnet50 file would leave 17 of resnet101's layer3 blocks random: refused.
     with pytest.raises(ValueError, match=r"(?s)missing from the file.*layer3_22"):
         pretrained.load_pretrained(
-            _model_variables("resnet101_fpn", roi_hidden=(1024, 1024)),
+            _model_variables("resnet101_fpn", roi_options=RoIOptions(hidden=(1024, 1024))),
             r50,
             backbone="resnet101_fpn",
         )
     with pytest.raises(
-        ValueError, match=r"(?s)roi_hidden=\(4096, 4096\).*4 mis-shaped.*head/fc6/kernel"
+        ValueError, match=r"(?s)roi.hidden=\(4096, 4096\).*4 mis-shaped.*head/fc6/kernel"
     ):
         pretrained.load_pretrained(
-            _model_variables("vgg16", roi_hidden=(256, 256)), npz_files["vgg16"], backbone="vgg16"
+            _model_variables("vgg16", roi_options=RoIOptions(hidden=(256, 256))),
+            npz_files["vgg16"],
+            backbone="vgg16",
         )
     with pytest.raises(ValueError, match="no ImageNet weights"):
         pretrained.load_pretrained(_model_variables("small"), r50, backbone="small")

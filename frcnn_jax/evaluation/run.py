@@ -9,7 +9,7 @@ batched inference over the evaluation split and scores it with ``frcnn_jax.evalu
 * VOC07 (11-point) and VOC2010+ (area) AP at IoU 0.5, by the devkit's rules. The project's
   boxes are continuous (xmax = last pixel + 1) and the devkit counts inclusive pixels, so both
   detections and gt go in as (ymin, xmin, ymax - 1, xmax - 1): the devkit's +1 then gives back
-  the true widths and its IoU equals the continuous one (see ``evaluation``'s module docstring).
+  the true widths and its IoU equals the continuous one (see ``evaluation.voc``'s module docstring).
 * COCO AP, AP50, AP75, APs/m/l through pycocotools, on original-image pixels (so the small /
   medium / large areas mean what COCO means), difficult boxes passed as crowd (ignored).
 
@@ -19,35 +19,64 @@ precision-recall panel per class).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from collections.abc import Iterable, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
 from tqdm import tqdm
 
 from frcnn_jax import data as data_lib
-from frcnn_jax import eval_lib, evaluation, restore, train_lib
+from frcnn_jax import workdir as workdir_lib
+from frcnn_jax.evaluation import coco, report, voc
+from frcnn_jax.evaluation.report import ap_table, summary_scalars
+from frcnn_jax.inference.predict_fn import make_predict_fn, to_original_pixels
+from frcnn_jax.models import build_model
 from frcnn_jax.models.faster_rcnn import FasterRCNN
+
+__all__ = ["ap_table", "evaluate_checkpoint", "run_evaluation", "score", "summary_scalars"]
 
 # Inclusive-pixel shift for the VOC devkit metric (module docstring).
 _DEVKIT_SHIFT = np.array([0.0, 0.0, 1.0, 1.0], np.float32)
 
 
-def _json_float(value: float) -> float | None:
-    """JSON has no NaN: an undefined AP (a class without gt) becomes null."""
-    return None if value is None or math.isnan(value) else float(value)
+def predict_dataset(predict_fn, variables, batches: Iterable[dict]):
+    """Runs inference over host batches; yields one dict per real (unpadded) image.
+
+    Each dict: ``image_id``, ``boxes`` float32 [n, 4] original pixels, ``classes``
+    int32 [n], ``scores`` float32 [n], and the image's gt (``gt_boxes`` in
+    original pixels, ``gt_classes``, ``gt_difficult``).
+    """
+    for batch in batches:
+        out = jax.device_get(
+            predict_fn(variables, jnp.asarray(batch["images"]), jnp.asarray(batch["image_sizes"]))
+        )
+        boxes = to_original_pixels(out["boxes"], batch["scales"], batch["orig_sizes"])
+        gt_boxes = to_original_pixels(batch["gt_boxes"], batch["scales"], batch["orig_sizes"])
+        for i in np.flatnonzero(batch["example_mask"]):
+            keep = out["valid"][i]
+            gt = batch["gt_valid"][i]
+            image_id = batch["image_ids"][i]
+            yield {
+                "image_id": image_id.decode() if isinstance(image_id, bytes) else str(image_id),
+                "boxes": boxes[i][keep].astype(np.float32),
+                "classes": out["classes"][i][keep].astype(np.int32),
+                "scores": out["scores"][i][keep].astype(np.float32),
+                "gt_boxes": gt_boxes[i][gt].astype(np.float32),
+                "gt_classes": batch["gt_classes"][i][gt].astype(np.int32),
+                "gt_difficult": batch["gt_difficult"][i][gt].astype(bool),
+            }
 
 
 def predict_split(predict_fn, variables, batches: Iterable[dict], *, progress: bool = False):
     """Runs inference over every batch; returns (per-image results, steady images per second).
 
-    Per-image results are ``eval_lib.predict_dataset``'s dicts (original-image pixels).
+    Per-image results are ``predict_dataset``'s dicts (original-image pixels).
     Batches of a shape seen for the first time include compilation and are left out of the
     speed, unless every batch was such a one.
     """
@@ -56,7 +85,7 @@ def predict_split(predict_fn, variables, batches: Iterable[dict], *, progress: b
     bar = tqdm(desc="evaluating", unit="img", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     for batch in batches:
-        images = list(eval_lib.predict_dataset(predict_fn, variables, [batch]))
+        images = list(predict_dataset(predict_fn, variables, [batch]))
         now = time.perf_counter()
         seconds, start = now - start, now
         shape = batch["images"].shape
@@ -81,27 +110,27 @@ def predict_split(predict_fn, variables, batches: Iterable[dict], *, progress: b
 
 
 def score(results: Sequence[dict], *, num_classes: int) -> dict:
-    """VOC and COCO metrics of per-image results (``eval_lib.predict_dataset`` dicts).
+    """VOC and COCO metrics of per-image results (``predict_dataset`` dicts).
 
     Returns:
       ``{"voc07_map", "voc_map": float, "ap07", "ap": float64 [K] (NaN: no gt),
       "coco": {name: float}, "precisions", "recalls": per class float [D] or None}``.
     """
-    pred = [[r[k] for r in results] for k in ("boxes", "labels", "scores")]
-    gt = [[r[k] for r in results] for k in ("gt_boxes", "gt_labels", "gt_difficult")]
-    precs, recs = evaluation.calc_detection_voc_prec_rec(
+    pred = [[r[k] for r in results] for k in ("boxes", "classes", "scores")]
+    gt = [[r[k] for r in results] for k in ("gt_boxes", "gt_classes", "gt_difficult")]
+    precs, recs = voc.calc_detection_voc_prec_rec(
         [b - _DEVKIT_SHIFT for b in pred[0]],
         pred[1],
         pred[2],
         [b - _DEVKIT_SHIFT for b in gt[0]],
         gt[1],
         gt[2],
-        iou_thresh=0.5,
+        iou_threshold=0.5,
         num_classes=num_classes,
     )
-    ap07 = evaluation.calc_detection_voc_ap(precs, recs, use_07_metric=True)
-    ap = evaluation.calc_detection_voc_ap(precs, recs, use_07_metric=False)
-    coco = evaluation.eval_detection_coco(*pred, *gt, num_classes=num_classes)
+    ap07 = voc.calc_detection_voc_ap(precs, recs, use_07_metric=True)
+    ap = voc.calc_detection_voc_ap(precs, recs, use_07_metric=False)
+    coco_metrics = coco.eval_detection_coco(*pred, *gt, num_classes=num_classes)
     with np.errstate(all="ignore"):
         voc07_map = float(np.nanmean(ap07)) if not np.all(np.isnan(ap07)) else math.nan
         voc_map = float(np.nanmean(ap)) if not np.all(np.isnan(ap)) else math.nan
@@ -110,83 +139,10 @@ def score(results: Sequence[dict], *, num_classes: int) -> dict:
         "voc_map": voc_map,
         "ap07": ap07,
         "ap": ap,
-        "coco": coco,
+        "coco": coco_metrics,
         "precisions": precs,
         "recalls": recs,
     }
-
-
-def ap_table(metrics: dict) -> str:
-    """Per-class VOC07 and VOC AP of a ``run_evaluation`` result as a text table, mAP last."""
-    names = list(metrics["per_class"])
-    width = max([len("class"), *(len(n) for n in names)])
-
-    def cell(v):
-        return "   n/a" if v is None else f"{v:6.4f}"
-
-    rule = "-" * (width + 18)
-    lines = [f"{'class':<{width}}  VOC07 AP  VOC AP", rule]
-    lines += [
-        f"{n:<{width}}    {cell(metrics['per_class'][n])}  {cell(metrics['per_class_voc'][n])}"
-        for n in names
-    ]
-    lines += [rule, f"{'mAP':<{width}}    {cell(metrics['voc07_map'])}  {cell(metrics['voc_map'])}"]
-    return "\n".join(lines)
-
-
-def plot_pr_curves(path: str, precisions, recalls, ap07, class_names: Sequence[str]) -> None:
-    """One precision-recall panel per class in a grid, saved as PNG (matplotlib Agg)."""
-    import matplotlib  # noqa: PLC0415 (plotting is optional for library users)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    cols = min(4, len(class_names))
-    rows = math.ceil(len(class_names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
-    for ax in axes.flat[len(class_names) :]:
-        ax.axis("off")
-    for ax, name, prec, rec, ap in zip(axes.flat, class_names, precisions, recalls, ap07):
-        if prec is None:
-            ax.text(0.5, 0.5, "no ground truth", ha="center", va="center")
-        else:
-            ax.plot(rec, prec, drawstyle="steps-post")
-        ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="recall", ylabel="precision")
-        ax.set_title(name if math.isnan(ap) else f"{name}  AP07 {ap:.3f}", fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def write_outputs(output_dir: str, metrics: dict, scores: dict, results, class_names) -> None:
-    """metrics.json, detections.json (original pixels) and pr_curves.png in output_dir."""
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, "metrics.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
-    detections = {
-        "step": metrics["step"],
-        "class_names": list(class_names),
-        "box_format": "ymin, xmin, ymax, xmax (original-image pixels)",
-        "images": [
-            {
-                "image_id": r["image_id"],
-                "boxes": np.round(r["boxes"], 2).tolist(),
-                "class_ids": r["labels"].tolist(),
-                "scores": np.round(r["scores"], 5).tolist(),
-            }
-            for r in results
-        ],
-    }
-    with open(os.path.join(output_dir, "detections.json"), "w") as f:
-        json.dump(detections, f)
-    plot_pr_curves(
-        os.path.join(output_dir, "pr_curves.png"),
-        scores["precisions"],
-        scores["recalls"],
-        scores["ap07"],
-        class_names,
-    )
 
 
 def run_evaluation(
@@ -221,40 +177,21 @@ def run_evaluation(
         batch_size=config.eval_batch_size,
         seed=config.seed,
     )
-    results, speed = predict_split(
-        eval_lib.make_predict_fn(model), variables, batches, progress=progress
-    )
+    results, speed = predict_split(make_predict_fn(model), variables, batches, progress=progress)
     scores = score(results, num_classes=len(class_names))
     metrics = {
         "step": int(step),
-        "voc07_map": _json_float(scores["voc07_map"]),
-        "voc_map": _json_float(scores["voc_map"]),
-        "coco": {k: _json_float(v) for k, v in scores["coco"].items()},
-        "per_class": {n: _json_float(v) for n, v in zip(class_names, scores["ap07"])},
-        "per_class_voc": {n: _json_float(v) for n, v in zip(class_names, scores["ap"])},
+        "voc07_map": report.json_float(scores["voc07_map"]),
+        "voc_map": report.json_float(scores["voc_map"]),
+        "coco": {k: report.json_float(v) for k, v in scores["coco"].items()},
+        "per_class": {n: report.json_float(v) for n, v in zip(class_names, scores["ap07"])},
+        "per_class_voc": {n: report.json_float(v) for n, v in zip(class_names, scores["ap"])},
         "images": len(results),
         "images_per_second": float(speed),
     }
     if output_dir is not None and jax.process_index() == 0:
-        write_outputs(output_dir, metrics, scores, results, class_names)
+        report.write_outputs(output_dir, metrics, scores, results, class_names)
     return metrics
-
-
-def summary_scalars(metrics: dict) -> dict[str, float]:
-    """``eval/...`` scalars of a ``run_evaluation`` result for TensorBoard (None left out)."""
-    scalars = {"eval/voc07_map": metrics["voc07_map"], "eval/voc_map": metrics["voc_map"]}
-    scalars.update({f"eval/coco_{k}": v for k, v in metrics["coco"].items()})
-    return {k: v for k, v in scalars.items() if v is not None}
-
-
-# Model fields eval.py takes from --config rather than from the trained workdir.
-TEST_TIME_FIELDS = (
-    "score_threshold",
-    "nms_threshold",
-    "max_detections",
-    "test_pre_nms_top_n",
-    "test_post_nms_top_n",
-)
 
 
 def evaluate_checkpoint(
@@ -268,32 +205,25 @@ def evaluate_checkpoint(
     writes ``workdir/eval/*`` and prints the per-class table.
 
     Raises:
-      restore.WorkdirError: a missing or unreadable checkpoint, or a workdir trained with
+      workdir.WorkdirError: a missing or unreadable checkpoint, or a workdir trained with
         another config (class list or model); the message names the file, step or weights.
     """
-    run_config, run_names = restore.load_run(workdir)
-    restore.check_class_names(workdir, run_names, data_lib.get_class_names(config.data))
+    run_config, run_names = workdir_lib.load_run(workdir)
+    workdir_lib.check_class_names(workdir, run_names, data_lib.get_class_names(config.data))
     # The trained architecture (normalisation, anchors, roi op...) comes from the workdir;
-    # the given config decides the data and the test-time options.
+    # the given config decides the data and the test-time options (``model.test``).
     model_config = run_config.model.copy_and_resolve_references()
     with model_config.unlocked():
-        for name in TEST_TIME_FIELDS:
-            if name in config.model:
-                model_config[name] = config.model[name]
+        model_config.test = config.model.test
     differing = sorted(
         k
         for k in model_config
-        if k in config.model
-        and model_config[k] != config.model[k]
-        and not (
-            isinstance(model_config[k], (list, tuple))
-            and list(model_config[k]) == list(config.model[k])
-        )
+        if k != "test" and k in config.model and _plain(model_config[k]) != _plain(config.model[k])
     )
     if differing:
         logging.warning("using the workdir's trained model.%s, not --config's", differing)
-    model = train_lib.build_model(model_config, num_classes=len(run_names))
-    variables, step = restore.restore_variables(workdir, model, run_config, step=step)
+    model = build_model(model_config, num_classes=len(run_names))
+    variables, step = workdir_lib.restore_variables(workdir, model, step=step)
     output_dir = os.path.join(workdir, "eval")
     metrics = run_evaluation(
         model,
@@ -310,3 +240,12 @@ def evaluate_checkpoint(
     print("COCO " + "  ".join(f"{k} {v:.4f}" for k, v in coco.items()))
     print(f"wrote {output_dir}/metrics.json, detections.json, pr_curves.png")
     return metrics
+
+
+def _plain(value):
+    """Config values compared as plain Python (lists and tuples alike, ConfigDicts as dicts)."""
+    if isinstance(value, ml_collections.ConfigDict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
