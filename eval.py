@@ -17,7 +17,7 @@ from frcnn_jax import host_memory
 if __name__ == "__main__":  # before JAX starts its threads: faster CPU inference (host_memory.py)
     host_memory.tune_malloc()
 
-from frcnn_jax import workdir  # noqa: E402
+from frcnn_jax import cli, workdir  # noqa: E402
 from frcnn_jax.evaluation import run  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -9,6 +9,7 @@ resumes from the latest checkpoint in ``--workdir``.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from frcnn_jax import cli
 from frcnn_jax.training import loop
 
 FLAGS = flags.FLAGS
@@ -25,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)
