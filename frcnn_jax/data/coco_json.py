@@ -164,6 +164,8 @@ def _parse_file(path: str, mtime_ns: int, size: int) -> _Parsed:
         seen.add(key)
         size = (image.get("height"), image.get("width"))
         images.append((image["id"], str(image["file_name"]), size if all(size) else None))
+    if not isinstance(coco.get("annotations"), list):
+        logging.warning("coco_json %s has no 'annotations' list: every image is empty.", path)
     annotations = []
     for number, annotation in enumerate(coco.get("annotations") or ()):
         where = f"{path} annotations[{number}] (id {annotation.get('id')!r})"
