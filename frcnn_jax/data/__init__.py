@@ -116,7 +116,7 @@ def get_class_names(data_config) -> tuple[str, ...]:
 
 
 def records(data_config, split: str) -> list:
-    """Per-image annotation records of ``split`` (``frcnn_jax.data.records.ImageRecord`` fields).
+    """Per-image annotation records of ``split`` (``image_records.ImageRecord`` fields).
 
     Sources that know their boxes and image sizes without decoding (voc_dir, coco_json,
     synthetic) answer directly; any other source is read through its raw examples.

@@ -5,7 +5,7 @@ sizes x ratios), A anchors of one padded image.
 
 Box format: float32 (ymin, xmin, ymax, xmax) continuous pixels; "size" of a box is
 sqrt(height * width). Everything is NumPy on the host and reads annotation records only
-(``frcnn_jax.data.records``), never pixels.
+(``frcnn_jax.data.records(data_config, split)``), never pixels.
 
 Anchor recall is the share of gt boxes whose best anchor has IoU >= t. The anchors are the
 model's (``frcnn_jax.anchors``: base anchors of side ``size`` and ratio h / w centred on
