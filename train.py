@@ -11,8 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from frcnn_jax.training import loop
 from frcnn_jax.data import DataError
+from frcnn_jax.training import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Training configuration file.")

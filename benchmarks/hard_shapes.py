@@ -165,7 +165,7 @@ def render_hard_example(index: int, *, split: str, seed: int) -> dict[str, np.nd
 
     Returns:
       dict with "image" uint8 [H, W, 3]; "gt_boxes" float32 [N, 4] (ymin, xmin, ymax, xmax)
-      continuous pixels; "gt_labels" int32 [N] indices into CLASS_NAMES; "gt_difficult" and
+      continuous pixels; "gt_classes" int32 [N] indices into CLASS_NAMES; "gt_difficult" and
       "gt_truncated" bool [N].
     """
     if split not in SPLITS:
@@ -233,7 +233,7 @@ def render_hard_example(index: int, *, split: str, seed: int) -> dict[str, np.nd
     return {
         "image": np.clip(np.round(image), 0, 255).astype(np.uint8),
         "gt_boxes": boxes,
-        "gt_labels": np.array(labels, np.int32),
+        "gt_classes": np.array(labels, np.int32),
         "gt_difficult": np.asarray(difficult, bool).reshape(-1),
         "gt_truncated": np.array(truncated, bool),
     }

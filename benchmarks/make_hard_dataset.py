@@ -48,7 +48,7 @@ def voc_xml(image_id: str, example: dict) -> str:
     height, width = example["image"].shape[:2]
     objects = []
     for box, label, difficult, truncated in zip(
-        example["gt_boxes"], example["gt_labels"], example["gt_difficult"], example["gt_truncated"]
+        example["gt_boxes"], example["gt_classes"], example["gt_difficult"], example["gt_truncated"]
     ):
         ymin, xmin, ymax, xmax = (int(round(float(v))) for v in box)
         objects.append(
@@ -72,7 +72,7 @@ def coco_entries(number: int, image_id: str, example: dict, first_annotation_id:
     image = {"id": number, "file_name": f"{image_id}.jpg", "height": height, "width": width}
     annotations = []
     for offset, (box, label, difficult) in enumerate(
-        zip(example["gt_boxes"], example["gt_labels"], example["gt_difficult"])
+        zip(example["gt_boxes"], example["gt_classes"], example["gt_difficult"])
     ):
         ymin, xmin, ymax, xmax = (float(v) for v in box)
         annotations.append(
@@ -163,7 +163,7 @@ def summary(by_split) -> str:
         shapes = {e["image_size"] for e in examples}
         lines.append(
             f"{split}: {len(examples)} images ({len(shapes)} sizes), {len(boxes)} boxes, "
-            f"{np.mean([len(e['gt_labels']) == 0 for e in examples]):.1%} empty, "
+            f"{np.mean([len(e['gt_classes']) == 0 for e in examples]):.1%} empty, "
             f"{np.concatenate([e['gt_difficult'] for e in examples]).mean():.1%} difficult, "
             f"{np.concatenate([e['gt_truncated'] for e in examples]).mean():.1%} truncated, "
             f"box size min/median/max {sizes.min():.0f}/{np.median(sizes):.0f}/{sizes.max():.0f}"

@@ -35,11 +35,11 @@ RECALL_WARNING = 0.95  # below this recall at IoU 0.5 the report (and training) 
 def anchor_set_for_model(model) -> stats.AnchorSet:
     """The AnchorSet a FasterRCNN module uses (its strides, anchor sizes and ratios)."""
     strides = tuple(int(s) for s in model._strides())
+    sizes = tuple(float(size) for size in model.anchor_options.sizes)
+    ratios = tuple(float(ratio) for ratio in model.anchor_options.ratios)
     if model.is_fpn:
-        sizes = tuple((float(size),) for size in model.fpn_anchor_sizes)
-    else:
-        sizes = (tuple(float(strides[0] * scale) for scale in model.anchor_scales),)
-    return stats.AnchorSet(strides=strides, sizes=sizes, ratios=tuple(model.anchor_ratios))
+        return stats.AnchorSet(strides=strides, sizes=tuple((s,) for s in sizes), ratios=ratios)
+    return stats.AnchorSet(strides=strides, sizes=(sizes,), ratios=ratios)
 
 
 # The anchor rule the model trains with today (the seed's: anchors crossing the border are
@@ -103,7 +103,7 @@ def report(config, split_name: str) -> str:
     trained_per_image = np.bincount(split.image_index[trained], minlength=split.num_images)
     lines = [
         f"data.name={data_config.name} split {split_name!r}: {split.num_images} images, "
-        f"{len(split.labels)} boxes ({int(split.difficult.sum())} difficult); "
+        f"{len(split.classes)} boxes ({int(split.difficult.sum())} difficult); "
         f"{int(np.sum(per_image == 0))} images without boxes, "
         f"{int(np.sum((trained_per_image == 0) & (per_image > 0)))} with only difficult ones",
         f"input scale: min_size={min_size} max_size={max_size}: resize factors "
@@ -122,7 +122,7 @@ def report(config, split_name: str) -> str:
         f"  {'class':<20} {'images':>7} {'boxes':>7} {'difficult':>9}",
     ]
     for label, name in enumerate(class_names):
-        of_class = split.labels == label
+        of_class = split.classes == label
         images = len(np.unique(split.image_index[of_class]))
         lines.append(
             f"  {name:<20} {images:>7d} {int(of_class.sum()):>7d} "
@@ -170,9 +170,9 @@ def _counts(items) -> dict:
 
 
 def _build_model(model_config):
-    from frcnn_jax import train_lib  # noqa: PLC0415 (the model builder; imports the model zoo)
+    from frcnn_jax.models import build  # noqa: PLC0415 (imports the model zoo: only here)
 
-    return train_lib.build_model(model_config, num_classes=1)
+    return build.build_model(model_config, num_classes=1)
 
 
 def main(argv):

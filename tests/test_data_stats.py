@@ -7,10 +7,11 @@ from fake_voc import FakeExample, FakeObject, write_voc_layout
 from tiny import tiny_config
 
 from frcnn_jax import data as data_lib
-from frcnn_jax import data_report, train_lib
+from frcnn_jax import data_report
 from frcnn_jax.anchors import pyramid_feature_shapes
 from frcnn_jax.data import auto_anchors, pipeline, stats
 from frcnn_jax.data.image_records import ImageRecord
+from frcnn_jax.models import build
 
 SINGLE = stats.AnchorSet(strides=(8,), sizes=((16.0, 32.0, 64.0),), ratios=(0.5, 1.0, 2.0))
 FPN = stats.AnchorSet(
@@ -94,14 +95,15 @@ def test_best_anchor_iou_hand_worked():
 
 
 def test_anchor_set_is_the_models_anchors():
-    for backbone, extra in [
-        ("small", {}),
-        ("resnet50_fpn", {"fpn_anchor_sizes": (20, 40, 80, 160, 320)}),
+    for backbone, options, sizes in [
+        ("small", {"widths": (8, 16, 16)}, (24.0, 32.0, 48.0)),
+        ("resnet50_fpn", {}, (20.0, 40.0, 80.0, 160.0, 320.0)),
     ]:
         config = tiny_config()
         config.model.backbone = backbone
-        config.model.update(extra)
-        model = train_lib.build_model(config.model, num_classes=1)
+        config.model.backbone_options = options
+        config.model.anchors.sizes = sizes
+        model = build.build_model(config.model, num_classes=1)
         anchor_set = data_report.anchor_set_for_model(model)
         shapes = pyramid_feature_shapes((96, 128), strides=anchor_set.strides)
         np.testing.assert_allclose(
@@ -122,14 +124,14 @@ def test_scale_records_clips_drops_and_scales_like_the_pipeline():
         image_id="a",
         image_size=(50, 100),
         gt_boxes=np.array([[0, 0, 50, 100], [-5, 10, 20, 30], [10, 10, 10, 40], [60, 0, 70, 5]]),
-        gt_labels=np.array([0, 1, 2, 3]),
+        gt_classes=np.array([0, 1, 2, 3]),
         gt_difficult=np.array([False, True, False, False]),
     )
     split = stats.scale_records([record], min_size=100, max_size=150)  # scale 1.5 -> 75 x 150
     np.testing.assert_array_equal(split.image_sizes, [[75, 150]])
     # The zero-height box and the one below the image are dropped; the second is clipped.
     np.testing.assert_allclose(split.boxes, [[0, 0, 75, 150], [0, 15, 30, 45]])
-    np.testing.assert_array_equal(split.labels, [0, 1])
+    np.testing.assert_array_equal(split.classes, [0, 1])
     np.testing.assert_array_equal(split.difficult, [False, True])
     np.testing.assert_array_equal(split.image_index, [0, 0])
 

@@ -44,7 +44,7 @@ def test_voc_and_coco_outputs_agree_and_are_deterministic(tmp_path):
             assert v.image_size == c.image_size == tuple(drawn["image_size"])
             np.testing.assert_array_equal(v.gt_boxes, drawn["gt_boxes"])
             np.testing.assert_array_equal(c.gt_boxes, drawn["gt_boxes"])
-            np.testing.assert_array_equal(v.gt_labels, c.gt_labels)
+            np.testing.assert_array_equal(v.gt_classes, c.gt_classes)
             np.testing.assert_array_equal(v.gt_difficult, c.gt_difficult)  # iscrowd in COCO
 
 

@@ -62,7 +62,7 @@ class ScaledSplit:
     orig_sizes: np.ndarray  # int32 [I, 2] original (H, W)
     image_index: np.ndarray  # int32 [N], the image of each box
     boxes: np.ndarray  # float32 [N, 4] resized pixels
-    labels: np.ndarray  # int32 [N]
+    classes: np.ndarray  # int32 [N], 0-based class indices
     difficult: np.ndarray  # bool [N]
 
     @property
@@ -76,7 +76,7 @@ def scale_records(records: Sequence, *, min_size: int, max_size: int) -> ScaledS
     Boxes are clipped to the original image, those with no height or width left are dropped
     (as ``pipeline.usable_boxes``), and the rest scaled by (h / H, w / W) per axis.
     """
-    image_sizes, orig_sizes, index, boxes, labels, difficult = [], [], [], [], [], []
+    image_sizes, orig_sizes, index, boxes, classes, difficult = [], [], [], [], [], []
     for i, record in enumerate(records):
         height, width = (int(d) for d in record.image_size)
         new_h, new_w = resized_size(height, width, min_size=min_size, max_size=max_size)
@@ -88,7 +88,7 @@ def scale_records(records: Sequence, *, min_size: int, max_size: int) -> ScaledS
         usable = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
         scale = np.array([new_h / height, new_w / width] * 2, np.float32)
         boxes.append(clipped[usable] * scale)
-        labels.append(np.asarray(record.gt_labels, np.int32)[usable])
+        classes.append(np.asarray(record.gt_classes, np.int32)[usable])
         difficult.append(np.asarray(record.gt_difficult, bool)[usable])
         index.append(np.full(int(usable.sum()), i, np.int32))
     return ScaledSplit(
@@ -96,7 +96,7 @@ def scale_records(records: Sequence, *, min_size: int, max_size: int) -> ScaledS
         orig_sizes=np.asarray(orig_sizes, np.int32).reshape(-1, 2),
         image_index=np.concatenate(index or [np.zeros(0, np.int32)]),
         boxes=np.concatenate(boxes or [np.zeros((0, 4), np.float32)]).reshape(-1, 4),
-        labels=np.concatenate(labels or [np.zeros(0, np.int32)]),
+        classes=np.concatenate(classes or [np.zeros(0, np.int32)]),
         difficult=np.concatenate(difficult or [np.zeros(0, bool)]),
     )
 
@@ -252,7 +252,7 @@ def recall_table(
 
 def trained_boxes(split: ScaledSplit, *, exclude_difficult: bool) -> np.ndarray:
     """bool [N]: the boxes training uses (difficult ones are masked when exclude_difficult)."""
-    return ~split.difficult if exclude_difficult else np.ones(len(split.labels), bool)
+    return ~split.difficult if exclude_difficult else np.ones(len(split.classes), bool)
 
 
 def trained_geometry(
