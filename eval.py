@@ -18,6 +18,7 @@ if __name__ == "__main__":  # before JAX starts its threads: faster CPU inferenc
     host_memory.tune_malloc()
 
 from frcnn_jax import cli, workdir  # noqa: E402
+from frcnn_jax.data import DataError  # noqa: E402
 from frcnn_jax.evaluation import run  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -33,7 +34,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         run.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, step=FLAGS.checkpoint)
-    except workdir.WorkdirError as e:
+    except (workdir.WorkdirError, DataError) as e:
         sys.exit(f"eval.py: {e}")
 
 

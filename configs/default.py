@@ -37,8 +37,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_split = "train+validation"
     config.data.eval_split = "test"
     config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
-    config.data.root = ""
-    config.data.classes = ""
+    config.data.root = ""  # voc_dir: the folder in VOC layout
+    config.data.classes = ""  # voc_dir: "a,b,c"; empty: ROOT/classes.txt, else the XMLs' names
+    # coco_json: annotation files of data.train_split / data.eval_split, and the folder that
+    # each image's "file_name" is relative to.
+    config.data.train_annotations = ""
+    config.data.eval_annotations = ""
+    config.data.images = ""
     config.data.min_size = 600
     config.data.max_size = 1000
     config.data.max_boxes = 64

@@ -88,14 +88,20 @@ def test_training_shuffle_is_seeded(root):
 def test_class_names_sources(root):
     assert voc_dir.class_names(_config(root, ["dog", " cat "])) == ("dog", "cat")
     assert voc_dir.class_names(_config(root, "voc")) == voc_dir.VOC_CLASSES
-    with pytest.raises(voc_dir.VocDirError, match="classes.txt with one class name per line"):
-        voc_dir.class_names(_config(root))
+    # No data.classes and no classes.txt: the sorted names of every XML file, whatever the split.
+    assert voc_dir.class_names(_config(root)) == ("cat", "dog", "person")
     (root / "classes.txt").write_text("person\n\ncat\ndog\n")
     examples, names = _read(root, classes=None)
     assert names == ("person", "cat", "dog")
     np.testing.assert_array_equal(examples[0]["gt_classes"], [2, 0])
     with pytest.raises(voc_dir.VocDirError, match=r"Duplicate class names.*\['a'\]"):
         voc_dir.class_names(_config(root, "a,b,a"))
+
+
+def test_no_class_names_anywhere_is_explained(tmp_path):
+    empty = write_voc_layout(tmp_path / "voc", [FakeExample("a", height=8, width=8)], {})
+    with pytest.raises(voc_dir.VocDirError, match="name no object.*classes.txt"):
+        voc_dir.class_names(_config(empty))
 
 
 def test_unknown_class_names_file_and_class(root):
@@ -195,9 +201,37 @@ def test_structural_problems_raise_naming_the_file(root, break_it, message):
         _read(root, "train")
 
 
-def test_missing_root_is_explained():
+def test_missing_root_is_explained(tmp_path):
     with pytest.raises(voc_dir.VocDirError, match="data.root is not set"):
         voc_dir.source(_config(""), split="train", training=False, seed=0)
+    # The folder itself is named first, not the class names it would have held.
+    missing = tmp_path / "no" / "such" / "dir"
+    for classes in (None, CLASSES_FLAG):
+        with pytest.raises(voc_dir.VocDirError, match=f"data.root={missing} is not a folder"):
+            voc_dir.source(_config(missing, classes), split="train", training=False, seed=0)
+
+
+def test_errors_share_the_data_error_base(root):
+    from frcnn_jax.data import DataError, coco_json, decode
+
+    assert issubclass(voc_dir.VocDirError, DataError) and issubclass(DataError, ValueError)
+    assert issubclass(coco_json.CocoJsonError, DataError)
+    assert issubclass(decode.ImageError, DataError)
+
+
+def test_records_read_headers_not_pixels(root):
+    from frcnn_jax import data
+
+    config = _config(root, CLASSES_FLAG)
+    config.name = "voc_dir"
+    found = data.records(config, "trainval")
+    assert [(r.image_id, r.image_size) for r in found] == [
+        ("a", (20, 30)),
+        ("b", (16, 24)),
+        ("c", (18, 12)),
+    ]
+    np.testing.assert_array_equal(found[0].gt_boxes, [[0, 0, 20, 30], [2, 4, 8, 14]])
+    np.testing.assert_array_equal(found[0].gt_difficult, [False, True])
 
 
 def test_boxes_after_resize_and_pad_through_create_dataset(root):

@@ -3,7 +3,7 @@
 Shape shorthand: B batch (per process), G max gt boxes (data.max_boxes), N boxes of one raw
 example, Hb x Wb a bucket (padded image) shape.
 
-A source (``data.name``: "synthetic", "tfds", "voc_dir") yields unbatched raw examples:
+A source (``data.name``: "synthetic", "tfds", "voc_dir", "coco_json") yields unbatched raw examples:
   "image" uint8 [H, W, 3] RGB, "image_id" tf.string [], "gt_boxes" float32 [N, 4] (ymin, xmin, ymax,
   xmax) continuous pixels of the original image, "gt_classes" int32 [N] 0-based,
   "gt_difficult" bool [N].
@@ -15,6 +15,10 @@ iteration yields NumPy batches (rules in ``frcnn_jax.data.pipeline``):
   "gt_classes" int32 [B, G], "gt_mask" / "gt_difficult" / "gt_valid" bool [B, G],
   "example_mask" bool [B], "image_ids" bytes object [B] (host only).
 ``prefetch_to_device`` moves every array but "image_ids" to devices ahead of the step.
+
+A dataset the user must fix raises ``DataError`` (one line naming the file or field); entry
+scripts print it instead of a traceback. ``records(data_config, split)`` gives the split's
+annotations without decoding images (where the source allows) for ``frcnn_jax.data.stats``.
 """
 
 from __future__ import annotations
@@ -26,11 +30,13 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from frcnn_jax.data import pipeline
+from frcnn_jax.data import image_records, pipeline
+from frcnn_jax.data.errors import DataError
 from frcnn_jax.data.iterators import NumpyIterator, prefetch_to_device
 from frcnn_jax.data.pipeline import bucket_shapes
 
 __all__ = [
+    "DataError",
     "DatasetInfo",
     "DetectionDataset",
     "NumpyIterator",
@@ -39,15 +45,17 @@ __all__ = [
     "create_source",
     "get_class_names",
     "prefetch_to_device",
+    "records",
 ]
 
 # data.name -> module exposing source(data_config, *, split, training, seed, process_index,
-# process_count) and optionally class_names(data_config); imported on use so that a missing
-# optional dependency only breaks its own source.
+# process_count) and optionally class_names(data_config) and records(data_config, split);
+# imported on use so that a missing optional dependency only breaks its own source.
 _SOURCES = {
     "synthetic": "frcnn_jax.data.synthetic",
     "tfds": "frcnn_jax.data.tfds_source",
     "voc_dir": "frcnn_jax.data.voc_dir",
+    "coco_json": "frcnn_jax.data.coco_json",
 }
 
 
@@ -105,6 +113,19 @@ def get_class_names(data_config) -> tuple[str, ...]:
         process_count=1,
     )
     return tuple(names)
+
+
+def records(data_config, split: str) -> list:
+    """Per-image annotation records of ``split`` (``image_records.ImageRecord`` fields).
+
+    Sources that know their boxes and image sizes without decoding (voc_dir, coco_json,
+    synthetic) answer directly; any other source is read through its raw examples.
+    """
+    module = _source_module(data_config)
+    if hasattr(module, "records"):
+        return list(module.records(data_config, split))
+    dataset, _ = create_source(data_config, split=split, training=False, seed=0)
+    return image_records.from_raw_examples(dataset)
 
 
 def create_source(

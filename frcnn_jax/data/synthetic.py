@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from frcnn_jax.data.image_records import ImageRecord
+
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "cross")
 SPLITS = ("train", "test")
 
@@ -197,6 +199,26 @@ def class_names(data_config) -> tuple[str, ...]:
     """CLASS_NAMES, whatever the config (the synthetic classes are fixed)."""
     del data_config
     return CLASS_NAMES
+
+
+def records(data_config, split: str) -> list[ImageRecord]:
+    """Annotation records of every image of ``split`` (draws each image once to place its boxes)."""
+    options = render_options(data_config)
+    render_example(0, split=split, **options)  # validates split and sizes
+    cfg = data_config.synthetic
+    found = []
+    for index in range(int(cfg.num_train if split == "train" else cfg.num_eval)):
+        example = render_example(index, split=split, **options)
+        found.append(
+            ImageRecord(
+                image_id=f"{split}/{index}",
+                image_size=options["image_size"],
+                gt_boxes=example["gt_boxes"],
+                gt_classes=example["gt_classes"],
+                gt_difficult=np.zeros(len(example["gt_classes"]), bool),
+            )
+        )
+    return found
 
 
 def source(data_config, *, split, training, seed, process_index, process_count):

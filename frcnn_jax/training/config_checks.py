@@ -6,6 +6,7 @@ import ml_collections
 
 from frcnn_jax.models.build import check_model_config
 
+_DATA_SOURCES = ("synthetic", "tfds", "voc_dir", "coco_json")
 _POSITIVE_INTS = (
     "num_train_steps",
     "batch_size",
@@ -27,10 +28,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not config.learning_rate > 0:
         raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
     check_model_config(config.model)
-    if config.data.name not in ("synthetic", "tfds", "voc_dir"):
-        raise ValueError(
-            f"config.data.name={config.data.name!r}; choose 'synthetic', 'tfds' or 'voc_dir'"
-        )
+    if config.data.name not in _DATA_SOURCES:
+        raise ValueError(f"config.data.name={config.data.name!r}; choose one of {_DATA_SOURCES}")
     if config.data.min_size <= 0 or config.data.max_size < config.data.min_size:
         raise ValueError(
             f"config.data.min_size={config.data.min_size} and max_size={config.data.max_size} "
