@@ -198,7 +198,7 @@ def test_missing_run_files_and_checkpoints_are_named(workdir, tmp_path):
 def test_corrupt_checkpoint_is_named_with_the_other_steps(workdir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy)
-    shutil.rmtree(copy / "checkpoints" / "4" / "default")
+    shutil.rmtree(copy / "checkpoints" / "4" / "model")  # the item inference reads
     with pytest.raises(restore.UnreadableError, match=r"step 4 .*cannot be read.*\[2\]"):
         Detector.from_checkpoint(str(copy))
 
