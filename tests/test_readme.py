@@ -15,7 +15,7 @@ def test_box_library_example_runs():
     exec(code, scope)  # noqa: S102 - our own README
     assert scope["base"].shape == (9, 4)
     assert scope["all_anchors"].shape == (38 * 63 * 9, 4)
-    assert scope["classes"].shape == (38 * 63 * 9,) and int((scope["classes"] == 1).sum()) >= 1
+    assert scope["labels"].shape == (38 * 63 * 9,) and int((scope["labels"] == 1).sum()) >= 1
     assert scope["iou"].shape == (5, 2)
     np.testing.assert_allclose(scope["back"], scope["all_anchors"], atol=1e-3)
     assert scope["rois"].shape == (2000, 4) and scope["keep"].shape == (300,)
