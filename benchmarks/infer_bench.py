@@ -17,20 +17,19 @@ from __future__ import annotations
 
 import time
 
+import bench_models
 import bench_util
 import jax
 from absl import app
-
-from frcnn_jax import eval_lib, train_lib
 
 FLAGS = bench_util.FLAGS
 
 
 def run_ours(config, model, host_batches: list[dict]) -> dict:
     """Compiles and times the predict function; a bench_util result dict."""
-    variables = train_lib.init_variables(model, jax.random.key(config.seed))
+    variables = bench_models.init_variables(model, jax.random.key(config.seed))
     batches = [jax.device_put((b["images"], b["image_sizes"])) for b in host_batches]
-    predict = eval_lib.make_predict_fn(model)
+    predict = bench_models.predict_fn(model)
 
     start = time.perf_counter()
     compiled = predict.lower(variables, *batches[0]).compile()
@@ -51,7 +50,7 @@ def main(argv):
     config = FLAGS.config
     batch_size = FLAGS.batch_size or config.eval_batch_size
     size = bench_util.image_size(config)
-    model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
+    model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=batch_size, size=size)
     bench_util.print_header("inference", config, batch_size, size)
     theirs = (

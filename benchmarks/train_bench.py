@@ -21,30 +21,28 @@ from __future__ import annotations
 
 import time
 
+import bench_models
 import bench_util
 import jax
 import numpy as np
 from absl import app
-
-from frcnn_jax import train_lib
 
 FLAGS = bench_util.FLAGS
 
 
 def run_ours(config, model, host_batches: list[dict]) -> dict:
     """Compiles and times ``jit_train_step``; a bench_util result dict."""
-    variables = train_lib.init_variables(model, jax.random.key(config.seed))
-    state, _ = train_lib.create_train_state(config, model, variables)
-    mesh = train_lib.make_mesh()
-    if config.batch_size % mesh.size:
+    variables = bench_models.init_variables(model, jax.random.key(config.seed))
+    state = bench_models.create_train_state(config, model, variables)
+    if config.batch_size % jax.device_count():
         raise app.UsageError(
-            f"--batch_size={config.batch_size} is not divisible by the {mesh.size} devices"
+            f"--batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices"
         )
-    state = train_lib.replicate(state, mesh)
-    batches = [train_lib.shard_batch(b, mesh) for b in host_batches]
+    step_fn, place_state, place_batch = bench_models.jit_mesh_train_step()
+    state = place_state(state)
+    batches = [place_batch(b) for b in host_batches]
     root = jax.random.key(config.seed)
     keys = [jax.random.fold_in(root, i) for i in range(FLAGS.warmup + 2 * FLAGS.steps)]
-    step_fn = train_lib.jit_train_step(mesh)
 
     start = time.perf_counter()
     compiled = step_fn.lower(state, batches[0], keys[0]).compile()
@@ -71,7 +69,7 @@ def main(argv):
     if FLAGS.batch_size:
         config.batch_size = FLAGS.batch_size
     size = bench_util.image_size(config)
-    model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
+    model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=config.batch_size, size=size)
     bench_util.print_header("train", config, config.batch_size, size)
     # torchvision first, in its own process, while JAX holds no device memory yet.
