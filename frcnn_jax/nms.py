@@ -51,9 +51,9 @@ DEFAULT_TILE_SIZE = 512
 # On accelerators every while-loop step costs kernel launches and a device-to-host
 # copy of the loop condition, while a [T, T] IoU block is cheap: bigger tiles, and
 # each tile checked against the whole output buffer at once instead of a loop over
-# its blocks. For 12000 proposals clustered around objects -> 2000 at IoU 0.7, the
-# sequential steps (tiles + kept-block checks + fixed-point iterations) went from
-# 24 + 56 + 38 to 6 + 0 + 16 (benchmarks/RESULTS.md, loop table).
+# its blocks. For 12000 proposals crowded around objects -> 2000 at IoU 0.7, the
+# sequential steps (tiles + kept-block checks + fixed-point iterations) go from
+# 24 + 57 + 40 to 6 + 0 + 15 (benchmarks/nms_steps.py).
 ACCELERATOR_TILE_SIZE = 2048
 
 
