@@ -31,7 +31,13 @@ if REPO_ROOT not in sys.path:
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_timing import TORCH_MARKER, max_rss_bytes, time_steps  # noqa: E402, F401 (re-exported)
+from bench_timing import (  # noqa: E402, F401 (re-exported)
+    TORCH_MARKER,
+    gib,
+    max_rss_bytes,
+    mfu,
+    time_steps,
+)
 
 from frcnn_jax import host_memory  # noqa: E402
 
@@ -129,8 +135,8 @@ def jax_result(
     count of ``compiled`` and the measured matmul rate of config.model.dtype.
     """
     dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
+    peak, peak_what = jax_peak_memory()  # before the matmul's buffers
     rate, n = jax_matmul_rate(dtype, matmul_size)
-    peak, peak_what = jax_peak_memory()
     return {
         **timing,
         "compile_s": compile_s,
@@ -141,17 +147,6 @@ def jax_result(
         "matmul_flops_per_s": rate,
         "matmul_what": f"{config.model.dtype} {n}^3",
     }
-
-
-def gib(num_bytes: float) -> str:
-    return f"{num_bytes / 2**30:.2f} GiB"
-
-
-def mfu(result: dict) -> str:
-    """Model FLOPs utilisation of a result dict as "12.3%" ("n/a" without a FLOP count)."""
-    if result["flops"] <= 0:
-        return "n/a"
-    return f"{100 * result['flops'] / result['median_s'] / result['matmul_flops_per_s']:.1f}%"
 
 
 def versions() -> str:
@@ -222,7 +217,7 @@ def run_torch(
         except OSError as e:
             return {"error": f"torch_python={python!r} cannot run: {e}"}
         except subprocess.TimeoutExpired:
-            return {"error": f"torchvision did not finish within {timeout_s:.0f} s"}
+            return {"error": f"torchvision timed out after {timeout_s:.3g} s"}
     for line in proc.stdout.splitlines():
         if line.startswith(TORCH_MARKER):
             return json.loads(line[len(TORCH_MARKER) :])

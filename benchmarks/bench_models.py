@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+import bench_lib  # noqa: F401 (first: puts the repository root on sys.path)
 import jax
 import jax.numpy as jnp
 import ml_collections

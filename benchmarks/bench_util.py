@@ -24,7 +24,7 @@ MALLOC_TUNED = host_memory.tune_malloc(default=os.path.basename(sys.argv[0]) == 
 
 import bench_lib  # noqa: E402
 from absl import flags  # noqa: E402
-from bench_lib import device_description, gib, mfu, time_steps, versions  # noqa: E402, F401
+from bench_lib import device_description, gib, mfu, versions  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -60,13 +60,6 @@ def synthetic_batches(config, *, batch_size: int, size: tuple[int, int]) -> list
         size=size,
         max_boxes=config.data.max_boxes,
         num_classes=FLAGS.num_classes,
-    )
-
-
-def jax_result(config, compiled, *, compile_s: float, timing: dict[str, float]) -> dict:
-    """``bench_lib.jax_result`` with the --matmul_size reference."""
-    return bench_lib.jax_result(
-        config, compiled, compile_s=compile_s, timing=timing, matmul_size=FLAGS.matmul_size
     )
 
 

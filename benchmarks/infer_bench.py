@@ -15,33 +15,26 @@ Printed figures as in train_bench.py.
 
 from __future__ import annotations
 
-import time
+import bench_util  # first: it tunes malloc before JAX starts
 
+# isort: split
 import bench_models
-import bench_util
-import jax
+import jax_detection
 from absl import app
 
 FLAGS = bench_util.FLAGS
 
 
 def run_ours(config, model, host_batches: list[dict]) -> dict:
-    """Compiles and times the predict function; a bench_util result dict."""
-    variables = bench_models.init_variables(model, jax.random.key(config.seed))
-    batches = [jax.device_put((b["images"], b["image_sizes"])) for b in host_batches]
-    predict = bench_models.predict_fn(model)
-
-    start = time.perf_counter()
-    compiled = predict.lower(variables, *batches[0]).compile()
-    compile_s = time.perf_counter() - start
-
-    def run_step(i):
-        return compiled(variables, *batches[i % len(batches)])
-
-    timing = bench_util.time_steps(
-        run_step, jax.block_until_ready, warmup=FLAGS.warmup, steps=FLAGS.steps
+    """Compiles and times the predict function; a bench_lib result dict."""
+    return jax_detection.run_infer(
+        config,
+        model,
+        host_batches,
+        warmup=FLAGS.warmup,
+        steps=FLAGS.steps,
+        matmul_size=FLAGS.matmul_size,
     )
-    return bench_util.jax_result(config, compiled, compile_s=compile_s, timing=timing)
 
 
 def main(argv):

@@ -19,47 +19,29 @@ bench_util.py), and RESULTS.md table rows.
 
 from __future__ import annotations
 
-import time
+import bench_util  # first: it tunes malloc before JAX starts
 
+# isort: split
 import bench_models
-import bench_util
-import jax
-import numpy as np
+import jax_detection
 from absl import app
 
 FLAGS = bench_util.FLAGS
 
 
 def run_ours(config, model, host_batches: list[dict]) -> dict:
-    """Compiles and times ``jit_train_step``; a bench_util result dict."""
-    variables = bench_models.init_variables(model, jax.random.key(config.seed))
-    state = bench_models.create_train_state(config, model, variables)
-    if config.batch_size % jax.device_count():
-        raise app.UsageError(
-            f"--batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices"
+    """Compiles and times the data-parallel train step; a bench_lib result dict."""
+    try:
+        return jax_detection.run_train(
+            config,
+            model,
+            host_batches,
+            warmup=FLAGS.warmup,
+            steps=FLAGS.steps,
+            matmul_size=FLAGS.matmul_size,
         )
-    step_fn, place_state, place_batch = bench_models.jit_mesh_train_step()
-    state = place_state(state)
-    batches = [place_batch(b) for b in host_batches]
-    root = jax.random.key(config.seed)
-    keys = [jax.random.fold_in(root, i) for i in range(FLAGS.warmup + 2 * FLAGS.steps)]
-
-    start = time.perf_counter()
-    compiled = step_fn.lower(state, batches[0], keys[0]).compile()
-    compile_s = time.perf_counter() - start
-    holder = {"state": state}
-
-    def run_step(i):
-        holder["state"], metrics = compiled(holder["state"], batches[i % len(batches)], keys[i])
-        return metrics
-
-    timing = bench_util.time_steps(
-        run_step, jax.block_until_ready, warmup=FLAGS.warmup, steps=FLAGS.steps
-    )
-    loss = float(run_step(0)["total"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {loss} on random data")
-    return bench_util.jax_result(config, compiled, compile_s=compile_s, timing=timing)
+    except ValueError as e:
+        raise app.UsageError(f"--batch_size: {e}") from e
 
 
 def main(argv):
