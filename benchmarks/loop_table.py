@@ -14,8 +14,9 @@ ResNet-50-FPN (configs/coco_resnet50_fpn.py) at 800x1333 -> 800x1344 with 80 cla
 Each program is lowered to StableHLO for every platform of ``--platforms``: lowering for
 "cuda" needs no GPU, and resolves ``lax.platform_dependent`` to the branch a GPU runs.
 Printed per loop: the source line (innermost ``frcnn_jax`` frame), JAX's op name, the
-trip count ("dynamic": a ``while_loop`` whose count depends on the data), the enclosing
-loops and the iterations per program run (trip counts multiplied along the nesting).
+trip count ("dynamic": a ``while_loop`` whose count depends on the data, with a bound
+where its condition shows one), the enclosing loops and the iterations per program run
+(trip counts multiplied along the nesting); identical rows are counted once.
 ``--compiled`` also compiles for the local backend and lists the while instructions
 of XLA's optimised HLO with XLA's ``known_trip_count`` (XLA adds loops of its own).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import time
 
@@ -59,15 +61,25 @@ def trace(name: str, *, batch_size: int, dtype: str):
     return bench_models.predict_fn(model).trace(variables, batch["images"], batch["image_sizes"])
 
 
+_METHOD = re.compile(r"FasterRCNN\.\w+")
+
+
 def print_table(title: str, loops: list[hlo_loops.Loop], *, nested: bool = True) -> None:
-    print(f"\n### {title}: {len(loops)} loops\n")
-    print("| # | source | op name | trips | inside | iterations per run |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    """Markdown table, one row per distinct loop (source, trips, enclosing loops) with a count."""
+    rows: dict[tuple, list] = {}
     for i, loop in enumerate(loops):
+        inside = " < ".join(loops[p].source for p in reversed(loop.parents)) or "-"
         total = hlo_loops.sequential_iterations(loops, i) if nested else loop.trips
-        inside = ", ".join(f"#{p}" for p in loop.parents) or "-"
-        op_name = loop.op_name if len(loop.op_name) <= 90 else "..." + loop.op_name[-87:]
-        print(f"| {i} | {loop.source} | `{op_name}` | {loop.trips} | {inside} | {total} |")
+        # The model method it runs in: tells the proposals' NMS from the post-processing's.
+        site = (_METHOD.findall(loop.op_name) or [""])[-1]
+        key = (loop.source, loop.trips, inside, total, site)
+        rows.setdefault(key, [loop.op_name, 0])[1] += 1
+    print(f"\n### {title}: {len(loops)} loops\n")
+    print("| source | op name (first) | trips | inside | iterations per run | count |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (source, trips, inside, total, _), (op_name, count) in rows.items():
+        op_name = op_name if len(op_name) <= 80 else "..." + op_name[-77:]
+        print(f"| {source} | `{op_name}` | {trips} | {inside} | {total} | {count} |")
 
 
 def main(argv=None) -> None:
