@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     parser.add_argument("--item_timeout_s", type=float, default=150.0)
     parser.add_argument("--min_item_s", type=float, default=20.0, help="skip below this left")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 5)")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps (default 2)")
     parser.add_argument("--torch_python", default=None, help="Python for torchvision's side")
     args = parser.parse_args(argv)
     items_lib.forbid_tensorflow()

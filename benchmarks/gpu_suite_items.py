@@ -61,7 +61,7 @@ def plan(*, tiny, batch_sizes, models, modes, impls, steps, warmup, torch_python
     common = {
         "tiny": tiny,
         "steps": steps or (2 if tiny else 5),
-        "warmup": 1 if tiny else warmup,
+        "warmup": warmup if warmup is not None else (1 if tiny else 2),
         "matmul_size": 256 if tiny else None,
         "torch_python": torch_python,
     }

@@ -14,7 +14,7 @@ overridden (``--config.model.dtype=bfloat16``). ``--torch`` first runs
 torchvision's model in a subprocess (see torch_detection.py) and prints the
 ratio ours/theirs. Printed: compile time, steady images/s (median of synchronised
 steps after warm-up), pipelined images/s, peak memory, FLOPs and MFU (see
-bench_util.py), and RESULTS.md table rows.
+bench_lib.py), and RESULTS.md table rows.
 """
 
 from __future__ import annotations
