@@ -197,7 +197,8 @@ def run(
         "flops_what": "torch FlopCounterMode; nms/roi ops not counted",
         "matmul_flops_per_s": rate,
         "matmul_what": f"{dtype or torch.float32} {n}^3",
-        "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
+        "versions": f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"torchvision {torchvision.__version__}",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
     }
 
