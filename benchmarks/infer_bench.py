@@ -15,35 +15,26 @@ Printed figures as in train_bench.py.
 
 from __future__ import annotations
 
-import time
+import bench_util  # first: it tunes malloc before JAX starts
 
-import bench_util
-import jax
+# isort: split
+import bench_models
+import jax_detection
 from absl import app
-
-from frcnn_jax.inference.predict_fn import make_predict_fn
-from frcnn_jax.models import build_model, init_variables
 
 FLAGS = bench_util.FLAGS
 
 
 def run_ours(config, model, host_batches: list[dict]) -> dict:
-    """Compiles and times the predict function; a bench_util result dict."""
-    variables = init_variables(model, jax.random.key(config.seed))
-    batches = [jax.device_put((b["images"], b["image_sizes"])) for b in host_batches]
-    predict = make_predict_fn(model)
-
-    start = time.perf_counter()
-    compiled = predict.lower(variables, *batches[0]).compile()
-    compile_s = time.perf_counter() - start
-
-    def run_step(i):
-        return compiled(variables, *batches[i % len(batches)])
-
-    timing = bench_util.time_steps(
-        run_step, jax.block_until_ready, warmup=FLAGS.warmup, steps=FLAGS.steps
+    """Compiles and times the predict function; a bench_lib result dict."""
+    return jax_detection.run_infer(
+        config,
+        model,
+        host_batches,
+        warmup=FLAGS.warmup,
+        steps=FLAGS.steps,
+        matmul_size=FLAGS.matmul_size,
     )
-    return bench_util.jax_result(config, compiled, compile_s=compile_s, timing=timing)
 
 
 def main(argv):
@@ -52,7 +43,7 @@ def main(argv):
     config = FLAGS.config
     batch_size = FLAGS.batch_size or config.eval_batch_size
     size = bench_util.image_size(config)
-    model = build_model(config.model, num_classes=FLAGS.num_classes)
+    model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=batch_size, size=size)
     bench_util.print_header("inference", config, batch_size, size)
     theirs = (

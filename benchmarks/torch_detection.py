@@ -1,7 +1,7 @@
 """torchvision's Faster R-CNN configured like ours, for the side-by-side benchmarks.
 
-Run by train_bench.py / infer_bench.py ``--torch`` as
-``PYTHON torch_detection.py SPEC.json BATCHES.npz`` (``bench_util.run_torch``
+Run by train_bench.py / infer_bench.py ``--torch`` and gpu_suite.py as
+``PYTHON torch_detection.py SPEC.json BATCHES.npz`` (``bench_lib.run_torch``
 writes both): it needs only torch, torchvision and numpy, never JAX, so
 ``--torch_python`` may name another environment. It prints its figures as JSON
 after ``TORCH_MARKER``. The torchvision model takes our model's settings (the
@@ -150,7 +150,7 @@ def run(
     steps: int,
     matmul_size: int | None = None,
 ) -> dict:
-    """Times torchvision's model on ``batches`` (our synthetic layout); a bench_util result dict.
+    """Times torchvision's model on ``batches`` (our synthetic layout); a bench_lib result dict.
 
     ``ours`` has our FasterRCNN module's field names as attributes. ``compute_dtype``
     "bfloat16" runs under ``torch.autocast`` (float32 weights, as ours).
@@ -197,7 +197,8 @@ def run(
         "flops_what": "torch FlopCounterMode; nms/roi ops not counted",
         "matmul_flops_per_s": rate,
         "matmul_what": f"{dtype or torch.float32} {n}^3",
-        "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
+        "versions": f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"torchvision {torchvision.__version__}",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
     }
 
@@ -230,5 +231,5 @@ def main(spec_path: str, batches_path: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit(f"usage: {sys.argv[0]} SPEC.json BATCHES.npz (written by bench_util.run_torch)")
+        sys.exit(f"usage: {sys.argv[0]} SPEC.json BATCHES.npz (written by bench_lib.run_torch)")
     main(*sys.argv[1:])

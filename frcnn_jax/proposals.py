@@ -59,7 +59,7 @@ def propose(
       nms_iou: IoU above which NMS suppresses the lower-scored box.
       min_size: minimum height and width in resized-image pixels (Python number
         or traced scalar). The seed uses ``16 * scale``, scale being the resize
-        factor of the image; the detector passes ``model.rpn_min_size`` as is.
+        factor of the image; the detector passes ``rpn_options.min_size`` as is.
         Zero-area boxes are always dropped.
       level_sizes: for FPN, the number of anchors of each pyramid level, in the
         order the anchors are concatenated (static ints summing to A). Then, as

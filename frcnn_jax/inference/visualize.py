@@ -261,7 +261,7 @@ def rpn_proposals(model, variables, images, image_sizes):
 
     Returns:
       ``(rois float32 [B, P, 4] resized-image pixels, roi_mask bool [B, P])`` with
-      P = ``model.test_post_nms_top_n``, for ``draw_proposals``.
+      P = ``model.test_options.post_nms_top_n``, for ``draw_proposals``.
     """
 
     rois, roi_mask = jax.jit(functools.partial(model.apply, method=model.proposals))(
