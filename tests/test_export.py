@@ -41,16 +41,13 @@ def _images():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
-    config = make_workdir(workdir, steps=(2,))
+    make_workdir(workdir, steps=(2,))
     output = tmp_path_factory.mktemp("exported")
     export_main.main([f"--workdir={workdir}", f"--output={output}"])
     images = _images()
-    batch, prepared = prepare.prepare_images(
-        images,
-        image_size=(64, 64),
-        min_size=config.data.min_size,
-        max_size=config.data.max_size,
-    )
+    info = json.loads((output / "export.json").read_text())
+    options = dict(image_size=info["image_size"], **info["preprocessing"])  # as the README
+    batch, prepared = prepare.prepare_images(images, **options)
     np.save(output / "images.npy", batch)
     expected = Detector.from_checkpoint(str(workdir), batch_size=4).predict(
         images, score_threshold=0.0

@@ -72,7 +72,13 @@ def export_workdir(
         "formats": {f: FILE_NAMES[f] for f in FORMATS if f in formats},
         "batch_size": batch_sizes,  # null: any batch size
         "image_size": list(image_size),
-        "input": {"name": inference.INPUT_NAME, "dtype": "uint8", "shape": ["B", *image_size, 3]},
+        "input": {
+            "name": inference.INPUT_NAME,
+            "dtype": "uint8",
+            "shape": ["B", *image_size, 3],
+            "content": "RGB, resized (aspect kept) and zero-padded at the bottom and right; see "
+            "frcnn_jax.export.prepare",
+        },
         "outputs": {
             "boxes": "float32 [B, D, 4] (ymin, xmin, ymax, xmax) pixels of the input image",
             "classes": "int32 [B, D] 0-based index into class_names.json",
@@ -84,7 +90,6 @@ def export_workdir(
         "preprocessing": {
             "min_size": int(config.data.min_size),
             "max_size": int(config.data.max_size),
-            "padding": "zeros at the bottom and right; see frcnn_jax.export.prepare",
         },
         "class_names": list(class_names),
         "workdir": os.path.abspath(workdir),

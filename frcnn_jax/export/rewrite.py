@@ -9,7 +9,8 @@ gives bit-identical results (tests/test_export_rewrite.py):
 - ``ONNX_RULES``: jax2onnx 0.17 cannot convert the gathers and scatters ``jax.vmap`` makes of
   per-image indexing, which have *batching dimensions* ("Unhandled internal op in Gather:
   ... 'mode': 'batched'"): ``gather_rows`` writes them as takes and sets of whole rows.
-  onnxruntime has no boolean ``Where``: boolean selects become logic.
+  onnxruntime has no boolean ``Where``: boolean selects become logic; it has no 4-d
+  ``MaxPool``, which jax2onnx makes of NHWC max pools: they become maxima of slices.
 - ``TENSORFLOW_RULES``: jax lowers ``lax.top_k`` to ``chlo.top_k``, serialised as a
   ``stablehlo.composite`` whose body TensorFlow 2.21's ``XlaCallModule`` cannot specialise to
   the batch size of a call ("'stablehlo.sort' op has dynamic shapes"); top-k becomes the
@@ -17,6 +18,8 @@ gives bit-identical results (tests/test_export_rewrite.py):
 """
 
 from __future__ import annotations
+
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -148,6 +151,33 @@ def _boolean_select_as_logic(eqn, which, *cases, rules):
     return [lax.select_n(which, *cases)]
 
 
+def _max_pool_as_slices(eqn, operand, *, rules):
+    """``reduce_window_max`` as the maximum of its window's strided slices.
+
+    jax2onnx 0.17 turns a max pool over NHWC into an ONNX ``MaxPool`` with a 4-d kernel, which
+    onnxruntime rejects ("Unsupported pooling size"). The maximum of the same elements, taken
+    slice by slice over the padded operand (padding -inf, as the primitive's), is the same.
+    """
+    params = eqn.params
+    if any(d != 1 for d in params["base_dilation"]):
+        return [eqn.primitive.bind(operand, **params)]
+    low = jnp.asarray(
+        -jnp.inf if jnp.issubdtype(operand.dtype, jnp.floating) else jnp.iinfo(operand.dtype).min,
+        operand.dtype,
+    )
+    padded = lax.pad(operand, low, [(lo, hi, 0) for lo, hi in params["padding"]])
+    windows, strides = params["window_dimensions"], params["window_strides"]
+    dilations = params["window_dilation"]
+    out_shape = eqn.outvars[0].aval.shape
+    result = None
+    for offsets in itertools.product(*(range(w) for w in windows)):
+        starts = [o * d for o, d in zip(offsets, dilations)]
+        limits = [b + (n - 1) * s + 1 for b, n, s in zip(starts, out_shape, strides)]
+        part = lax.slice(padded, starts, limits, strides)
+        result = part if result is None else lax.max(result, part)
+    return [result]
+
+
 def _top_k_by_sort(eqn, operand, *, rules):
     """``lax.top_k`` on float32 as its definition (chlo.top_k's decomposition): a stable sort,
     descending in IEEE total order, then the first k.
@@ -180,6 +210,7 @@ _CALLS_AND_CONTROL_FLOW = {
 ONNX_RULES = {
     **_CALLS_AND_CONTROL_FLOW,
     "select_n": _boolean_select_as_logic,
+    "reduce_window_max": _max_pool_as_slices,
     "gather": _leaf(gather_rows.gather),
     "scatter": _leaf(gather_rows.scatter(add=False)),
     "scatter-add": _leaf(gather_rows.scatter(add=True)),
