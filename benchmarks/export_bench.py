@@ -106,7 +106,11 @@ def main(argv):
             )
         if "saved_model" in formats:
             saved_model.save(
-                fn, os.path.join(directory, "saved_model"), image_size=size, batch_size=None
+                inference.make_apply_fn(model),
+                variables,
+                os.path.join(directory, "saved_model"),
+                image_size=size,
+                batch_size=None,
             )
         print(f"export (stablehlo, saved_model): {time.perf_counter() - start:.1f} s")
         for batch in batch_sizes:

@@ -9,6 +9,7 @@ for ``frcnn_jax.export.prepare``, and the workdir and checkpoint step it came fr
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -20,7 +21,6 @@ FORMATS = ("stablehlo", "saved_model", "onnx")
 FILE_NAMES = {"stablehlo": "model.stablehlo", "saved_model": "saved_model", "onnx": "model.onnx"}
 # ONNX models need a fixed batch (onnx.py); this one unless --batch_size says otherwise.
 DEFAULT_ONNX_BATCH_SIZE = 1
-_SAVERS = {"stablehlo": stablehlo.save, "saved_model": saved_model.save, "onnx": onnx.save}
 
 
 def export_workdir(
@@ -56,17 +56,23 @@ def export_workdir(
     image_size = tuple(int(s) for s in (image_size or inference.default_image_size(config.data)))
     if len(image_size) != 2 or min(image_size) < 1:
         raise ValueError(f"image_size must be (height, width) > 0, got {image_size}")
-    fn = inference.make_inference_fn(model, variables)
+    apply_fn = inference.make_apply_fn(model)
+    fn = functools.partial(apply_fn, variables)
     os.makedirs(output, exist_ok=True)
 
     batch_sizes = {}
     for name in formats:
         path = os.path.join(output, FILE_NAMES[name])
-        if name == "onnx":
-            batch_sizes[name] = batch_size or DEFAULT_ONNX_BATCH_SIZE
+        batch_sizes[name] = batch_size
+        if name == "stablehlo":
+            stablehlo.save(fn, path, image_size=image_size, batch_size=batch_size)
+        elif name == "saved_model":
+            saved_model.save(
+                apply_fn, variables, path, image_size=image_size, batch_size=batch_size
+            )
         else:
-            batch_sizes[name] = batch_size
-        _SAVERS[name](fn, path, image_size=image_size, batch_size=batch_sizes[name])
+            batch_sizes[name] = batch_size or DEFAULT_ONNX_BATCH_SIZE
+            onnx.save(fn, path, image_size=image_size, batch_size=batch_sizes[name])
 
     info = {
         "formats": {f: FILE_NAMES[f] for f in FORMATS if f in formats},

@@ -21,6 +21,8 @@ padding (boxes are clipped above / left of it).
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import ml_collections
 
@@ -50,20 +52,28 @@ def image_sizes_from_padding(images: jnp.ndarray) -> jnp.ndarray:
     return jnp.maximum(sizes, 1)
 
 
-def make_inference_fn(model: FasterRCNN, variables: dict):
-    """``images uint8 [B, H, W, 3] -> {boxes, classes, scores, valid}`` with the weights bound.
+def make_apply_fn(model: FasterRCNN):
+    """``(variables, images uint8 [B, H, W, 3]) -> {boxes, classes, scores, valid}``.
 
-    Not jitted: each exporter traces it (the weights become constants of the program).
-    Normalisation, proposals, RoI head and per-class NMS all happen inside.
+    Not jitted: each exporter traces it. Normalisation, proposals, RoI head and per-class NMS
+    all happen inside; each image's size comes from ``image_sizes_from_padding``.
     """
 
-    def infer(images):
+    def apply(variables, images):
         images = jnp.asarray(images, jnp.uint8)
         sizes = image_sizes_from_padding(images)
         out = model.apply(variables, images, sizes, method=model.detect)
         return {name: out[name].astype(OUTPUT_DTYPES[name]) for name in OUTPUT_NAMES}
 
-    return infer
+    return apply
+
+
+def make_inference_fn(model: FasterRCNN, variables: dict):
+    """``images -> {boxes, classes, scores, valid}`` with ``variables`` bound (``make_apply_fn``).
+
+    Traced by an exporter, the weights become constants of the program.
+    """
+    return functools.partial(make_apply_fn(model), variables)
 
 
 def default_image_size(data_config: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -30,10 +30,15 @@ from frcnn_jax.export import gather_rows
 
 
 def rewrite(fn, *specs, rules: dict):
-    """``fn`` re-expressed with ``rules``, traced for inputs ``specs`` (ShapeDtypeStructs)."""
+    """``fn`` re-expressed with ``rules``, traced for inputs ``specs`` (pytrees of
+    ShapeDtypeStructs); the result takes arguments of the same structure."""
     closed, out_shapes = jax.make_jaxpr(fn, return_shape=True)(*specs)
     out_tree = jax.tree.structure(out_shapes)
-    return lambda *args: jax.tree.unflatten(out_tree, evaluate(closed, *args, rules=rules))
+
+    def rewritten(*args):
+        return jax.tree.unflatten(out_tree, evaluate(closed, *jax.tree.leaves(args), rules=rules))
+
+    return rewritten
 
 
 def evaluate(closed_jaxpr: jax_core.ClosedJaxpr, *args, rules: dict) -> list:

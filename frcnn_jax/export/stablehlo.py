@@ -31,22 +31,8 @@ out = detect.call(images)  # uint8 [B, H, W, 3] -> dict of boxes, classes, score
 """
 
 
-def export_fn(
-    fn: Callable,
-    *,
-    image_size: Sequence[int],
-    batch_size: int | None = None,
-    platforms: Sequence[str] = DEFAULT_PLATFORMS,
-    rules: dict | None = None,
-) -> export.Exported:
-    """``jax.export`` of ``fn`` (``images uint8 [B, H, W, 3] -> dict``) for ``platforms``.
-
-    Args:
-      fn: the inference function, e.g. ``inference.make_inference_fn(model, variables)``.
-      image_size: (H, W) of the input.
-      batch_size: B; None exports a symbolic batch dimension (any B >= 1 at call time).
-      rules: optional ``rewrite`` rules applied to ``fn`` first.
-    """
+def image_spec(image_size: Sequence[int], batch_size: int | None) -> jax.ShapeDtypeStruct:
+    """uint8 ``[B, H, W, 3]``; B symbolic (named ``BATCH_DIMENSION``) when batch_size is None."""
     height, width = (int(s) for s in image_size)
     if batch_size is None:
         (batch,) = export.symbolic_shape(BATCH_DIMENSION)
@@ -54,15 +40,29 @@ def export_fn(
         batch = int(batch_size)
     else:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-    spec = jax.ShapeDtypeStruct((batch, height, width, 3), jnp.uint8)
+    return jax.ShapeDtypeStruct((batch, height, width, 3), jnp.uint8)
+
+
+def export_fn(
+    fn: Callable,
+    *specs: jax.ShapeDtypeStruct,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    rules: dict | None = None,
+) -> export.Exported:
+    """``jax.export`` of ``fn`` for inputs ``specs`` on ``platforms``.
+
+    Args:
+      fn: e.g. ``inference.make_inference_fn(model, variables)`` with ``image_spec(...)``.
+      rules: optional ``rewrite`` rules applied to ``fn`` first.
+    """
     if rules:
-        fn = rewrite.rewrite(fn, spec, rules=rules)
-    return export.export(jax.jit(fn), platforms=tuple(platforms))(spec)
+        fn = rewrite.rewrite(fn, *specs, rules=rules)
+    return export.export(jax.jit(fn), platforms=tuple(platforms))(*specs)
 
 
 def save(fn: Callable, path: str, *, image_size: Sequence[int], batch_size: int | None) -> None:
     """Writes ``export_fn(fn, ...).serialize()`` to ``path`` (``DIR/model.stablehlo``)."""
-    exported = export_fn(fn, image_size=image_size, batch_size=batch_size)
+    exported = export_fn(fn, image_spec(image_size, batch_size))
     with open(path, "wb") as f:
         f.write(exported.serialize())
 
