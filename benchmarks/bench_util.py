@@ -77,7 +77,8 @@ def synthetic_batch(
 
     Images of ``height`` x ``width`` zero-padded at the bottom and right to the
     next multiples of 32 (Hb, Wb), as the pipeline's buckets: ``images`` uint8
-    [B, Hb, Wb, 3]; ``image_sizes`` int32 [B, 2] = (height, width);
+    [B, Hb, Wb, 3]; ``image_sizes`` int32 [B, 2] = (height, width); ``scales``
+    float32 [B, 2] ones (the images are taken as unresized);
     ``gt_boxes`` float32 [B, G, 4] (ymin, xmin, ymax, xmax) pixels, 1..min(G, 6)
     real boxes of 10%..60% of the image side; ``gt_classes`` int32 [B, G];
     ``gt_mask`` bool [B, G].
@@ -95,6 +96,7 @@ def synthetic_batch(
     return {
         "images": images,
         "image_sizes": np.tile(np.array([[height, width]], np.int32), (batch_size, 1)),
+        "scales": np.ones((batch_size, 2), np.float32),
         "gt_boxes": np.where(mask[..., None], boxes, 0.0).astype(np.float32),
         "gt_classes": np.where(mask, rng.integers(0, num_classes, mask.shape), 0).astype(np.int32),
         "gt_mask": mask,
