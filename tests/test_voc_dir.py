@@ -1,5 +1,6 @@
 """Tests for frcnn_jax.data.voc_dir: a VOC-layout folder generated in tmp_path."""
 
+import functools
 import logging
 
 import ml_collections
@@ -88,14 +89,30 @@ def test_training_shuffle_is_seeded(root):
 def test_class_names_sources(root):
     assert voc_dir.class_names(_config(root, ["dog", " cat "])) == ("dog", "cat")
     assert voc_dir.class_names(_config(root, "voc")) == voc_dir.VOC_CLASSES
-    with pytest.raises(voc_dir.VocDirError, match="classes.txt with one class name per line"):
-        voc_dir.class_names(_config(root))
+    # Neither data.classes nor classes.txt: the XML files' names (a: dog, person; b: cat), sorted.
+    assert voc_dir.class_names(_config(root)) == ("cat", "dog", "person")
     (root / "classes.txt").write_text("person\n\ncat\ndog\n")
     examples, names = _read(root, classes=None)
     assert names == ("person", "cat", "dog")
     np.testing.assert_array_equal(examples[0]["gt_classes"], [2, 0])
     with pytest.raises(voc_dir.VocDirError, match=r"Duplicate class names.*\['a'\]"):
         voc_dir.class_names(_config(root, "a,b,a"))
+
+
+def test_no_class_names_anywhere_is_explained(tmp_path):
+    empty = write_voc_layout(tmp_path / "empty", EXAMPLES[2:], {"train": ["c"]})
+    with pytest.raises(voc_dir.VocDirError, match=r"no object in .*Annotations/\*\.xml names one"):
+        voc_dir.class_names(_config(empty))
+    with pytest.raises(voc_dir.VocDirError, match="nowhere/Annotations does not exist"):
+        voc_dir.class_names(_config(tmp_path / "nowhere"))
+
+
+def test_count_training_examples_from_the_annotations(root):
+    count = functools.partial(voc_dir.count_training_examples, _config(root, CLASSES_FLAG))
+    # a: a dog and a difficult person; b: a 1-pixel cat; c: no object.
+    assert count(split="trainval", exclude_difficult=True, skip_empty=True) == 2
+    assert count(split="trainval", exclude_difficult=True, skip_empty=False) == 3
+    assert count(split="val", exclude_difficult=False, skip_empty=True) == 0
 
 
 def test_unknown_class_names_file_and_class(root):

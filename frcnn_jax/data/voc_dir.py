@@ -4,10 +4,11 @@ Layout (the VOC devkit's, also written by LabelImg and most annotation tools):
   ROOT/JPEGImages/<id>.jpg (or .jpeg/.png/.bmp, or the XML <filename>)
   ROOT/Annotations/<id>.xml
   ROOT/ImageSets/Main/<split>.txt     one image id per line; "trainval+test" reads both files
-  ROOT/classes.txt                    one class name per line (unless data.classes is set)
+  ROOT/classes.txt                    one class name per line (optional)
 
-Config: data.root, data.classes ("a,b,c", a list, "voc" for the 20 VOC classes, or empty to read
-ROOT/classes.txt); the split string comes from data.train_split / data.eval_split.
+Config: data.root, data.classes ("a,b,c", a list, "voc" for the 20 VOC classes, or empty: the
+names in ROOT/classes.txt, else every object name in ROOT/Annotations/*.xml, sorted); the split
+string comes from data.train_split / data.eval_split.
 
 Boxes: the XML holds 1-based inclusive pixel indices; a box covering a W x H image is
 xmin=1..xmax=W. In continuous 0-based coordinates (the project's convention) pixel i spans
@@ -101,8 +102,32 @@ def _root(data_config) -> str:
     return root
 
 
+def names_in_annotations(root: str) -> tuple[str, ...]:
+    """Every object name in ROOT/Annotations/*.xml (all splits, so that training and evaluation
+    agree), sorted; the class order when neither data.classes nor ROOT/classes.txt gives one."""
+    folder = os.path.join(root, "Annotations")
+    if not os.path.isdir(folder):
+        raise VocDirError(f"voc_dir folder {folder} does not exist.")
+    paths = [os.path.join(folder, f) for f in sorted(os.listdir(folder)) if f.endswith(".xml")]
+    with concurrent.futures.ThreadPoolExecutor(_NUM_SCAN_THREADS) as pool:
+        annotations = pool.map(_read_xml, paths)
+        names = {
+            (obj.findtext("name") or "").strip()
+            for annotation in annotations
+            for obj in annotation.findall("object")
+        }
+    names.discard("")
+    if not names:
+        raise VocDirError(
+            f"No class names for voc_dir {root}: no object in {folder}/*.xml names one; set "
+            f"--config.data.classes=a,b,c or write {root}/classes.txt, one name per line."
+        )
+    return tuple(sorted(names))
+
+
 def class_names(data_config) -> tuple[str, ...]:
-    """Class names from data.classes ("a,b,c" | list | "voc") or else data.root/classes.txt."""
+    """Class names from data.classes ("a,b,c" | list | "voc"), else data.root/classes.txt, else
+    the sorted object names of the XML files (``names_in_annotations``)."""
     root = _root(data_config)
     classes = data_config.get("classes") or ()
     if isinstance(classes, str):
@@ -112,10 +137,14 @@ def class_names(data_config) -> tuple[str, ...]:
     if not names:
         path = os.path.join(root, "classes.txt")
         if not os.path.isfile(path):
-            raise VocDirError(
-                f"No class names for voc_dir {root}: set --config.data.classes=a,b,c or write "
-                f"{path} with one class name per line."
+            names = names_in_annotations(root)
+            logging.info(
+                "voc_dir %s: no data.classes or %s; classes from the XML files, sorted: %s",
+                root,
+                path,
+                names,
             )
+            return names
         with open(path, encoding="utf-8") as f:
             names = tuple(line.strip() for line in f if line.strip())
         origin = path
@@ -289,6 +318,20 @@ def scan_split(
             if record is not None:
                 records.append(record)
     return records, problems
+
+
+def count_training_examples(
+    data_config, *, split: str, exclude_difficult: bool, skip_empty: bool
+) -> int:
+    """Examples of ``split`` a training epoch visits (``frcnn_jax.data.count_training_examples``),
+    from the annotations and image headers only. Boxes left after scanning have positive area."""
+    root = _root(data_config)
+    records, _ = scan_split(root, split, class_names=class_names(data_config))
+    if not skip_empty:
+        return len(records)
+    if exclude_difficult:
+        return sum(bool(np.any(~r.gt_difficult)) for r in records)
+    return sum(len(r.gt_classes) > 0 for r in records)
 
 
 def source(
