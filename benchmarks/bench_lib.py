@@ -78,6 +78,7 @@ def synthetic_batch(
         "gt_boxes": np.where(mask[..., None], boxes, 0.0).astype(np.float32),
         "gt_classes": np.where(mask, rng.integers(0, num_classes, mask.shape), 0).astype(np.int32),
         "gt_mask": mask,
+        "scales": np.ones((batch_size, 2), np.float32),  # the images are taken as unresized
     }
 
 

@@ -57,6 +57,7 @@ def abstract_batch(*, batch_size: int, height: int, width: int, max_boxes: int) 
     return {
         "images": shape((batch_size, height, width, 3), jnp.uint8),
         "image_sizes": shape((batch_size, 2), jnp.int32),
+        "scales": shape((batch_size, 2), jnp.float32),
         "gt_boxes": shape((batch_size, max_boxes, 4), jnp.float32),
         "gt_classes": shape((batch_size, max_boxes), jnp.int32),
         "gt_mask": shape((batch_size, max_boxes), jnp.bool_),

@@ -17,9 +17,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.learning_rate = 1e-3
     config.reference_batch_size = 1
     config.momentum = 0.9
-    config.weight_decay = 5e-4
+    config.weight_decay = 5e-4  # VGG16's; 1e-4 for ResNet-FPN (torchvision, detectron2)
+    config.bias_lr_factor = 1.0  # biases (and GroupNorm scales) learn at this x lr; the seed: 2
     config.warmup_steps = 500
     config.lr_decay_steps = (45_000,)  # x0.1 after 9 of 14 epochs of VOC07 trainval
+    # A schedule in epochs (frcnn_jax/training/schedule.py): when num_epochs is set, the run's
+    # steps, lr_decay_steps (from lr_decay_epochs) and, with warmup_epochs, warmup_steps are
+    # computed from the number of training images and batch_size at start (and logged); the
+    # step fields above are then ignored. None: the step fields are used as they are.
+    config.num_epochs = ml_collections.config_dict.placeholder(float)
+    config.lr_decay_epochs = ()
+    config.warmup_epochs = ml_collections.config_dict.placeholder(float)
     config.log_every_steps = 50
     config.checkpoint_every_steps = 5_000
     config.keep_checkpoints = 3

@@ -19,6 +19,8 @@ def get_config():
     config.num_train_steps = 18_000
     config.lr_decay_steps = (12_000, 16_000)
     config.warmup_steps = 1_000
+    # torchvision's and detectron2's recipe for ResNet-FPN (VGG16's 5e-4 stays in default.py).
+    config.weight_decay = 1e-4
     config.model.backbone = "resnet50_fpn"
     config.model.image_normalization = "torchvision"
     config.model.anchors.sizes = (32.0, 64.0, 128.0, 256.0, 512.0)  # one per level, P2..P6
@@ -26,11 +28,14 @@ def get_config():
     config.model.rpn.pre_nms_top_n = 2000
     config.model.rpn.post_nms_top_n = 2000
     config.model.rpn.min_size = 0.0
+    config.model.rpn.border_rule = "train_crossing"  # torchvision, detectron2
     config.model.roi.hidden = (1024, 1024)
     config.model.roi.op = "align"
     config.model.roi.num_samples = 512
+    config.model.roi.box_loss_beta = 1.0 / 9.0  # torchvision's fastrcnn_loss
     config.model.test.pre_nms_top_n = 1000
     config.model.test.post_nms_top_n = 1000
+    config.model.test.nms_iou = 0.5  # torchvision's and detectron2's box_nms_thresh
     config.data.tfds_name = "voc/2007,voc/2012"
     config.data.eval_split = "voc/2007:test"
     config.data.min_size = 800

@@ -22,6 +22,17 @@ def smooth_l1(pred: jnp.ndarray, target: jnp.ndarray, *, sigma: float) -> jnp.nd
     return jnp.where(diff < 1.0 / sigma2, 0.5 * sigma2 * diff**2, diff - 0.5 / sigma2)
 
 
+def smooth_l1_beta(pred: jnp.ndarray, target: jnp.ndarray, *, beta: float) -> jnp.ndarray:
+    """Elementwise smooth L1 as torchvision and detectron2 write it: ``0.5 x^2 / beta`` below
+    ``beta``, ``|x| - beta / 2`` above; ``beta = 0`` is plain L1 (detectron2's box loss).
+    The seed's sigma is ``beta = 1 / sigma^2`` (sigma 1: beta 1, the same arithmetic; sigma 3:
+    torchvision's 1/9)."""
+    diff = jnp.abs(pred - target)
+    if beta <= 0.0:  # static: no 0/0 in a branch that jnp.where would differentiate
+        return diff
+    return jnp.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta)
+
+
 def _per_image_mean(values: jnp.ndarray, counts: jnp.ndarray) -> jnp.ndarray:
     """Mean over images of (sum of values ``[B, N]`` / count ``[B]``), empty images giving 0."""
     return jnp.mean(values.sum(-1) / jnp.maximum(counts, 1.0))
@@ -80,7 +91,7 @@ def roi_losses(
     gt_classes: jnp.ndarray,
     gt_deltas: jnp.ndarray,
     mask: jnp.ndarray,
-    sigma: float = 1.0,
+    beta: float = 1.0,
 ) -> dict[str, jnp.ndarray]:
     """Fast R-CNN classification and box losses over sampled rois.
 
@@ -90,7 +101,8 @@ def roi_losses(
       gt_classes: int32 ``[B, S]``, 0 background, c + 1 for class c.
       gt_deltas: float32 ``[B, S, 4]`` normalised targets.
       mask: bool ``[B, S]``, False for unfilled sample slots.
-      sigma: smooth L1 sigma (1 in the seed).
+      beta: smooth L1 beta (``smooth_l1_beta``): 1 is the seed's sigma 1, 1/9
+        torchvision's box loss, 0 detectron2's L1.
 
     Returns:
       ``{"roi_cls", "roi_box"}``: cross-entropy averaged over valid samples;
@@ -102,7 +114,7 @@ def roi_losses(
     ce = softmax_cross_entropy(pred_logits, gt_classes)
     class_deltas = jnp.take_along_axis(pred_deltas, gt_classes[..., None, None], axis=-2)[..., 0, :]
     foreground = valid * (gt_classes > 0)
-    box = smooth_l1(class_deltas, gt_deltas, sigma=sigma).sum(-1) * foreground
+    box = smooth_l1_beta(class_deltas, gt_deltas, beta=beta).sum(-1) * foreground
     return {
         "roi_cls": _per_image_mean(ce * valid, num_valid),
         "roi_box": _per_image_mean(box, num_valid),

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from frcnn_jax import anchors as anchor_lib
 from frcnn_jax import boxes as box_lib
 from frcnn_jax import sampling
 
@@ -44,11 +45,16 @@ def anchor_targets(
     positive_fraction: float = 0.5,
     positive_iou: float = 0.7,
     negative_iou: float = 0.3,
+    border_rule: str = "ignore_crossing",
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """RPN classification labels and regression targets (the seed's AnchorTargetCreator).
 
     Rules, in the seed's order:
-      1. anchors not fully inside ``[0, height] x [0, width]`` are ignored;
+      1. anchors outside the image are ignored: with ``border_rule="ignore_crossing"`` (the
+         seed) every anchor not fully inside ``[0, height] x [0, width]``; with
+         ``"train_crossing"`` (torchvision, detectron2) only anchors whose centre lies
+         outside ``[0, height) x [0, width)``, i.e. in the padding
+         (``anchors.trainable_anchors``). "Inside" below means not ignored here;
       2. an inside anchor whose max IoU over the valid gt boxes is below
          ``negative_iou`` is negative (all inside anchors when there is no gt);
       3. for each valid gt box, the inside anchor(s) with its highest IoU are
@@ -72,6 +78,7 @@ def anchor_targets(
       positive_fraction: at most this fraction of the samples is positive.
       positive_iou: IoU at or above which an anchor is positive.
       negative_iou: IoU below which an anchor is negative.
+      border_rule: "ignore_crossing" or "train_crossing" (rule 1).
 
     Returns:
       ``labels``: int32 ``[A]``, 1 positive, 0 negative, -1 ignored.
@@ -83,13 +90,7 @@ def anchor_targets(
     gt_boxes, gt_mask = _at_least_one_gt(
         jnp.asarray(gt_boxes, jnp.float32), jnp.asarray(gt_mask, bool)
     )
-    size = jnp.asarray(image_size, jnp.float32)
-    inside = (
-        (anchors[:, 0] >= 0)
-        & (anchors[:, 1] >= 0)
-        & (anchors[:, 2] <= size[0])
-        & (anchors[:, 3] <= size[1])
-    )  # [A]; the seed's _get_inside_index
+    inside = anchor_lib.trainable_anchors(anchors, image_size, border_rule=border_rule)  # [A]
     pairs = inside[:, None] & gt_mask[None, :]  # [A, G]
     # -1 on invalid pairs: they never win a maximum and fail every threshold.
     ious = jnp.where(pairs, box_lib.pairwise_iou(anchors, gt_boxes), -1.0)  # [A, G]

@@ -118,7 +118,7 @@ def test_boxes_are_mapped_back_to_original_pixels(detector, monkeypatch):
     )
     seen = {}
 
-    def fake_predict(variables, images, image_sizes):
+    def fake_predict(variables, images, image_sizes, scales):
         seen["images"], seen["sizes"] = images.shape, np.asarray(image_sizes)
         boxes = np.zeros((images.shape[0], 3, 4), np.float32)
         # Resized-image pixels of image 0 (32 x 48, scaled x2 to 64 x 96):

@@ -18,6 +18,37 @@ def test_smooth_l1_matches_seed_formula_by_hand():
     )
 
 
+def test_smooth_l1_beta_is_the_seed_sigma_torchvision_and_l1():
+    x = jnp.array([0.0, 0.05, -0.5, 2.0])
+    # beta 1 is sigma 1; beta 1/9 is sigma 3 (torchvision's 1/9); beta 0 is |x| (detectron2).
+    np.testing.assert_allclose(
+        losses.smooth_l1_beta(x, 0.0, beta=1.0), losses.smooth_l1(x, 0.0, sigma=1.0), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        losses.smooth_l1_beta(x, 0.0, beta=1 / 9), losses.smooth_l1(x, 0.0, sigma=3.0), rtol=1e-6
+    )
+    np.testing.assert_array_equal(losses.smooth_l1_beta(x, 0.0, beta=0.0), jnp.abs(x))
+    # L1's gradient at 0 is finite (no 0/0 in an untaken branch).
+    grad = jax.grad(lambda p: losses.smooth_l1_beta(p, 0.0, beta=0.0).sum())(jnp.zeros(3))
+    assert np.all(np.isfinite(grad))
+
+
+def test_roi_box_loss_beta():
+    # One foreground sample whose class-1 dw is off by 2: L1 gives 2, beta 1/9 gives 2 - 1/18.
+    kwargs = dict(
+        pred_logits=jnp.zeros((1, 1, 2)),
+        pred_deltas=jnp.zeros((1, 1, 2, 4)).at[0, 0, 1, 3].set(2.0),
+        gt_classes=jnp.array([[1]]),
+        gt_deltas=jnp.zeros((1, 1, 4)),
+        mask=jnp.array([[True]]),
+    )
+    np.testing.assert_allclose(losses.roi_losses(**kwargs)["roi_box"], 1.5, rtol=1e-6)
+    np.testing.assert_allclose(losses.roi_losses(**kwargs, beta=0.0)["roi_box"], 2.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.roi_losses(**kwargs, beta=1 / 9)["roi_box"], 2 - 1 / 18, rtol=1e-6
+    )
+
+
 def test_rpn_box_loss_divides_by_sampled_anchors_not_positives():
     # One image, 4 anchors: one positive (delta error 1 in dy only), one negative,
     # two ignored. Smooth L1(sigma 3) of 1 is 1 - 1/18; divided by 2 sampled anchors.

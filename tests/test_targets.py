@@ -152,6 +152,55 @@ def test_anchor_targets_hand_worked():
     np.testing.assert_array_equal(deltas[0], 0)  # anchor == gt
 
 
+@pytest.mark.parametrize(
+    "border_rule,expected",
+    [
+        # The seed: anchors 1 and 4 cross the border of image 1 (and anchor 1 of image 0).
+        ("ignore_crossing", [[0, -1, 0, 1, 0], [0, -1, 1, -1, -1]]),
+        # torchvision / detectron2: crossing anchors train; anchor 3 sits in image 1's padding.
+        ("train_crossing", [[0, 0, 0, 1, 0], [0, 0, 1, -1, 1]]),
+    ],
+)
+def test_anchor_targets_border_rules_on_a_padded_batch(border_rule, expected):
+    # A 64 x 64 bucket: image 0 fills it, image 1 is 40 x 48 (padding below y = 40 and right
+    # of x = 48). The same anchors for both, as in the model.
+    anchors = jnp.array(
+        [
+            [0, 0, 16, 16],  # 0: inside both images, IoU 0: negative
+            [-8, -8, 8, 8],  # 1: crosses the top-left corner, centre (0, 0), IoU 0
+            [16, 24, 40, 48],  # 2: inside image 1; holds its gt 0: IoU 480 / 576 = 0.83
+            [32, 40, 56, 64],  # 3: = image 0's gt; centre (44, 52) in image 1's padding
+            [28, 0, 44, 16],  # 4: crosses image 1's bottom; IoU 128 / 256 with its gt 1
+        ],
+        jnp.float32,
+    )
+    gt_boxes = jnp.array(
+        [
+            [[32, 40, 56, 64], [0, 0, 0, 0]],
+            [[20, 24, 40, 48], [32, 0, 40, 16]],  # gt 1: only crossing anchor 4 overlaps it
+        ],
+        jnp.float32,
+    )
+    gt_mask = jnp.array([[True, False], [True, True]])
+    image_sizes = jnp.array([[64, 64], [40, 48]], jnp.int32)
+    fn = functools.partial(anchor_targets, num_samples=256, border_rule=border_rule)
+    labels, deltas = jax.jit(jax.vmap(fn, in_axes=(0, None, 0, 0, 0)))(
+        jax.random.split(jax.random.key(0)), anchors, gt_boxes, gt_mask, image_sizes
+    )
+    np.testing.assert_array_equal(labels, expected)
+    if border_rule == "train_crossing":
+        # Anchor 4 (centre (36, 8), 16 x 16) -> gt 1 (centre (36, 8), 8 x 16).
+        np.testing.assert_allclose(deltas[1, 4], [0, 0, np.log(0.5), 0], atol=1e-6)
+
+
+def test_anchor_targets_rejects_an_unknown_border_rule():
+    with pytest.raises(ValueError, match="model.rpn.border_rule='inside'"):
+        anchor_targets(
+            jax.random.key(0), jnp.zeros((1, 4)), jnp.zeros((1, 4)), jnp.ones(1, bool), (8, 8),
+            border_rule="inside",
+        )  # fmt: skip
+
+
 def test_anchor_targets_ties_are_all_positive():
     # Both anchors overlap the gt by half its width: IoU 128 / 384 each, a tie.
     anchors = jnp.array([[0, 0, 16, 16], [0, 16, 16, 32]], jnp.float32)

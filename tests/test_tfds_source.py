@@ -214,3 +214,26 @@ def test_flipped_boxes_follow_the_flipped_image(data_dir):
 def test_class_names_without_building_a_dataset(data_dir):
     config = _config(data_dir, train_split="train+validation", eval_split="test")
     assert tfds_source.class_names(config)[:2] == ("aeroplane", "bicycle")
+
+
+@pytest.mark.parametrize("exclude_difficult", [True, False])
+def test_count_training_examples_reads_no_image_and_matches_the_pipeline_filter(
+    data_dir, exclude_difficult
+):
+    from frcnn_jax import data as data_lib
+
+    config = _config(data_dir, "voc/2007,voc/2012")
+    options = dict(split="train+validation", exclude_difficult=exclude_difficult)
+    examples, _ = _read(config, "train+validation", training=True)
+    expected = sum(
+        bool(np.any(~ex["gt_difficult"] if exclude_difficult else ex["gt_classes"] >= 0))
+        for ex in examples.values()
+    )
+    assert tfds_source.count_training_examples(config, **options, skip_empty=True) == expected
+    assert tfds_source.count_training_examples(config, **options, skip_empty=False) == len(examples)
+    # The generic path of frcnn_jax.data (a pass over the decoded raw source) agrees.
+    config.update(dict(train_split="train+validation", skip_empty=True))
+    config.exclude_difficult = exclude_difficult
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delattr(tfds_source, "count_training_examples")
+        assert data_lib.count_training_examples(config) == expected

@@ -62,3 +62,35 @@ def test_schedule_warms_up_linearly_then_decays_tenfold():
         rtol=1e-6,
     )
     assert optim.scaled_learning_rate(1e-3, 8, 1) == 8e-3
+
+
+def test_group_norm_scales_are_undecayed_and_bias_lr_factor_doubles_their_step():
+    params = {
+        "body": {
+            "body": {
+                "conv1": {"kernel": jnp.ones((3, 3, 3, 2))},
+                "bn1": {"scale": jnp.ones(2), "bias": jnp.ones(2)},
+            }
+        },
+        "head": {"fc6": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)}},
+    }
+    gn = {"norm": "group_norm"}
+    labels = optim.param_labels(params, backbone="resnet18_fpn", backbone_options=gn)
+    assert labels["body"]["body"]["bn1"] == {"scale": "bias", "bias": "bias"}
+    assert labels["body"]["body"]["conv1"] == {"kernel": "weight"}  # from scratch: not frozen
+    frozen = optim.param_labels(params, backbone="resnet18_fpn")  # ImageNet default: frozen
+    assert frozen["body"]["body"]["conv1"] == {"kernel": "frozen"}
+    tx = optim.make_optimizer(
+        params,
+        backbone="resnet18_fpn",
+        backbone_options=gn,
+        schedule=optax.constant_schedule(0.1),
+        momentum=0.0,
+        weight_decay=0.0,
+        bias_lr_factor=2.0,
+    )
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["head"]["fc6"]["kernel"], -0.1)
+    np.testing.assert_allclose(updates["head"]["fc6"]["bias"], -0.2)  # the seed's 2x on biases
+    np.testing.assert_allclose(updates["body"]["body"]["bn1"]["scale"], -0.2)

@@ -257,3 +257,13 @@ def test_boxes_after_resize_and_pad_through_create_dataset(root):
     np.testing.assert_array_equal(batch["image_sizes"][0], [40, 60])
     np.testing.assert_allclose(batch["gt_boxes"][0], [[0, 0, 40, 60], [4, 8, 16, 28]], atol=1e-3)
     np.testing.assert_array_equal(batch["gt_mask"][0], [True, False])  # the person is difficult
+
+
+def test_count_training_examples_from_the_annotations(root):
+    def count(**kwargs):
+        return voc_dir.count_training_examples(_config(root, CLASSES_FLAG), **kwargs)
+
+    # a: a dog and a difficult person; b: a 1-pixel cat; c: no object.
+    assert count(split="trainval", exclude_difficult=True, skip_empty=True) == 2
+    assert count(split="trainval", exclude_difficult=True, skip_empty=False) == 3
+    assert count(split="val", exclude_difficult=False, skip_empty=True) == 0

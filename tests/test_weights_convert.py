@@ -3,8 +3,8 @@
 The numerical tests build torchvision-layout models (torchvision itself when it
 imports, else the same names and shapes from plain torch modules below), fill
 them with random values, convert their state_dicts and check that our Flax
-backbones compute the same features: VGG16 conv5_3, ResNet-50 C2..C5 (NCHW
-there, NHWC here), and VGG16's fc6/fc7 on pooled features (the flatten order).
+backbones compute the same features: VGG16 conv5_3, ResNet-50 and ResNet-18 C2..C5
+(NCHW there, NHWC here), and VGG16's fc6/fc7 on pooled features (the flatten order).
 """
 
 from __future__ import annotations
@@ -77,10 +77,28 @@ def _plain_vgg16(nn):
     return model
 
 
-def _plain_resnet50(nn):
-    """torchvision's ResNet-50 layout: v1.5 bottlenecks (stride on the 3x3), BN eps 1e-5."""
+def _plain_resnet(nn, arch: str):
+    """torchvision's ResNet layout: v1.5 bottlenecks (stride on the 3x3) for ResNet-50, basic
+    blocks for ResNet-18; BN eps 1e-5; a projection wherever the shape changes."""
+
+    class BasicBlock(nn.Module):
+        expansion = 1
+
+        def __init__(self, inplanes, planes, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(planes)
+            self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(planes)
+            self.downsample = _projection(inplanes, planes, stride, self.expansion)
+
+        def forward(self, x):
+            y = self.bn2(self.conv2(self.bn1(self.conv1(x)).relu()))
+            return (y + (x if self.downsample is None else self.downsample(x))).relu()
 
     class Bottleneck(nn.Module):
+        expansion = 4
+
         def __init__(self, inplanes, planes, stride):
             super().__init__()
             self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
@@ -89,12 +107,7 @@ def _plain_resnet50(nn):
             self.bn2 = nn.BatchNorm2d(planes)
             self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
             self.bn3 = nn.BatchNorm2d(planes * 4)
-            self.downsample = None
-            if stride != 1 or inplanes != planes * 4:
-                self.downsample = nn.Sequential(
-                    nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                    nn.BatchNorm2d(planes * 4),
-                )
+            self.downsample = _projection(inplanes, planes, stride, self.expansion)
 
         def forward(self, x):
             y = self.bn1(self.conv1(x)).relu()
@@ -102,19 +115,31 @@ def _plain_resnet50(nn):
             y = self.bn3(self.conv3(y))
             return (y + (x if self.downsample is None else self.downsample(x))).relu()
 
+    def _projection(inplanes, planes, stride, expansion):
+        if stride == 1 and inplanes == planes * expansion:
+            return None
+        return nn.Sequential(
+            nn.Conv2d(inplanes, planes * expansion, 1, stride, bias=False),
+            nn.BatchNorm2d(planes * expansion),
+        )
+
+    block, stages = {
+        "resnet18": (BasicBlock, (2, 2, 2, 2)),
+        "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    }[arch]
     model = nn.Module()
     model.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
     model.bn1 = nn.BatchNorm2d(64)
     model.maxpool = nn.MaxPool2d(3, 2, 1)
     inplanes = 64
-    for stage, blocks in enumerate((3, 4, 6, 3)):
+    for stage, blocks in enumerate(stages):
         planes = 64 * 2**stage
         layers = []
-        for block in range(blocks):
-            layers.append(Bottleneck(inplanes, planes, 2 if stage > 0 and block == 0 else 1))
-            inplanes = planes * 4
+        for index in range(blocks):
+            layers.append(block(inplanes, planes, 2 if stage > 0 and index == 0 else 1))
+            inplanes = planes * block.expansion
         setattr(model, f"layer{stage + 1}", nn.Sequential(*layers))
-    model.fc = nn.Linear(2048, 1000)
+    model.fc = nn.Linear(inplanes, 1000)
     return model
 
 
@@ -151,17 +176,21 @@ def torch_vgg16(torch):
     return model.eval()
 
 
-@pytest.fixture(scope="module")
-def torch_resnet50(torch):
+def _torch_resnet(torch, arch):
     torch.manual_seed(0)
     if _torchvision_usable():
         import torchvision  # noqa: PLC0415
 
-        model = torchvision.models.resnet50(weights=None)
+        model = getattr(torchvision.models, arch)(weights=None)
     else:
-        model = _plain_resnet50(torch.nn)
+        model = _plain_resnet(torch.nn, arch)
     _randomize_batch_norms(torch, model)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def torch_resnet50(torch):
+    return _torch_resnet(torch, "resnet50")
 
 
 def _state_dict(model) -> dict[str, np.ndarray]:
@@ -230,6 +259,21 @@ def test_resnet50_c2_to_c5_match_torch(torch, torch_resnet50):
         assert _max_relative_error(np.asarray(o), t.transpose(0, 2, 3, 1)) < RTOL, f"C{level}"
 
 
+def test_resnet18_c2_to_c5_match_torch(torch):
+    """BasicBlock names (no projection in layer1) convert one to one."""
+    model = _torch_resnet(torch, "resnet18")
+    converted = cw.convert_state_dict(_state_dict(model), arch="resnet18")
+    image = np.random.default_rng(4).normal(size=(1, 3, 64, 96)).astype(np.float32)
+    with torch.no_grad():
+        theirs = [t.numpy() for t in _resnet_features(model, torch.from_numpy(image))]
+    ours = ResNet((2, 2, 2, 2), block="basic").apply(
+        _subtree(converted, "body/body/"), image.transpose(0, 2, 3, 1)
+    )
+    for level, (o, t) in enumerate(zip(ours, theirs), start=2):
+        assert o.shape == t.transpose(0, 2, 3, 1).shape, f"C{level}"
+        assert _max_relative_error(np.asarray(o), t.transpose(0, 2, 3, 1)) < RTOL, f"C{level}"
+
+
 def test_pth_file_through_the_command_line(torch, torch_resnet50, tmp_path):
     torch.save(torch_resnet50.state_dict(), tmp_path / "r50.pth")
     cw.main(
@@ -269,6 +313,19 @@ def test_resnet_names_follow_torchvision():
     assert cw.torch_name("vgg16", "params/head/fc7/kernel") == "classifier.3.weight"
     # torchvision's resnet50 file: 265 converted, 53 num_batches_tracked and fc skipped.
     assert len(cw.expected_variables("resnet50")) == 265
+    # resnet18: 20 convs and 20 batch norms (x4); layer1 has no downsample, layer2 has.
+    assert len(cw.expected_variables("resnet18")) == 100
+    assert len(cw.expected_variables("resnet34")) == 180
+    assert cw.torch_name("resnet18", "params/body/body/layer1_1/conv2/kernel") == (
+        "layer1.1.conv2.weight"
+    )
+    assert "params/body/body/layer1_0/downsample_conv/kernel" not in cw.expected_variables(
+        "resnet18"
+    )
+    assert (
+        cw.torch_name("resnet34", "frozen/body/body/layer2_0/downsample_bn/mean")
+        == "layer2.0.downsample.1.running_mean"
+    )
 
 
 def test_conversion_error_lists_every_problem():

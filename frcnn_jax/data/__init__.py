@@ -41,6 +41,7 @@ __all__ = [
     "DetectionDataset",
     "NumpyIterator",
     "bucket_shapes",
+    "count_training_examples",
     "create_dataset",
     "create_source",
     "get_class_names",
@@ -205,3 +206,33 @@ def create_dataset(
     )
     info = DatasetInfo(tuple(class_names), shapes, int(data_config.max_boxes))
     return DetectionDataset(batches, info, split)
+
+
+def count_training_examples(data_config) -> int:
+    """Images of ``data.train_split`` that one training epoch visits, over all processes.
+
+    Every image, or with ``data.skip_empty`` those with at least one training box (a usable
+    box, not difficult when ``data.exclude_difficult``), as ``create_dataset`` filters them.
+    Sources that can count from their annotations do (``count_training_examples`` in the
+    source module: voc_dir, tfds; no image is decoded); otherwise one pass over the raw source.
+    """
+    module = _source_module(data_config)
+    options = {
+        "split": data_config.train_split,
+        "exclude_difficult": bool(data_config.exclude_difficult),
+        "skip_empty": bool(data_config.skip_empty),
+    }
+    if hasattr(module, "count_training_examples"):
+        return int(module.count_training_examples(data_config, **options))
+    raw, _ = module.source(
+        data_config,
+        split=options["split"],
+        training=True,  # crowd boxes are dropped as in training
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
+    if options["skip_empty"]:
+        exclude = options["exclude_difficult"]
+        raw = raw.filter(lambda ex: pipeline.has_training_boxes(ex, exclude_difficult=exclude))
+    return int(raw.reduce(np.int64(0), lambda count, _: count + 1))

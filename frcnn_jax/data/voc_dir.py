@@ -354,3 +354,16 @@ def source(
         "voc_dir %s split %r: %d examples on process %d.", root, split, len(found), process_index
     )
     return image_records.to_dataset(found, training=training, seed=seed), names
+
+
+def count_training_examples(
+    data_config, *, split: str, exclude_difficult: bool, skip_empty: bool
+) -> int:
+    """Examples of ``split`` a training epoch visits (``frcnn_jax.data.count_training_examples``),
+    from the annotations and image headers only. Boxes left after scanning have positive area."""
+    found = records(data_config, split)
+    if not skip_empty:
+        return len(found)
+    if exclude_difficult:
+        return sum(bool(np.any(~r.gt_difficult)) for r in found)
+    return sum(len(r.gt_classes) > 0 for r in found)

@@ -54,7 +54,12 @@ def predict_dataset(predict_fn, variables, batches: Iterable[dict]):
     """
     for batch in batches:
         out = jax.device_get(
-            predict_fn(variables, jnp.asarray(batch["images"]), jnp.asarray(batch["image_sizes"]))
+            predict_fn(
+                variables,
+                jnp.asarray(batch["images"]),
+                jnp.asarray(batch["image_sizes"]),
+                jnp.asarray(batch["scales"]),
+            )
         )
         boxes = to_original_pixels(out["boxes"], batch["scales"], batch["orig_sizes"])
         gt_boxes = to_original_pixels(batch["gt_boxes"], batch["scales"], batch["orig_sizes"])

@@ -221,7 +221,9 @@ class Detector:
                     bucket=bucket,
                     batch_size=_padded_batch(len(chunk), self.batch_size),
                 )
-                out = self._predict_fn(self.variables, batch["images"], batch["image_sizes"])
+                out = self._predict_fn(
+                    self.variables, batch["images"], batch["image_sizes"], batch["scales"]
+                )
                 out = {k: np.asarray(v) for k, v in out.items()}
                 boxes = to_original_pixels(out["boxes"], batch["scales"], batch["orig_sizes"])
                 for row, i in enumerate(chunk):

@@ -15,14 +15,15 @@ from frcnn_jax.models.faster_rcnn import FasterRCNN
 
 
 def make_predict_fn(model: FasterRCNN):
-    """Jitted ``(variables, images uint8 [B, Hb, Wb, 3], image_sizes [B, 2]) -> detections``.
+    """Jitted ``(variables, images uint8 [B, Hb, Wb, 3], image_sizes [B, 2], scales [B, 2])
+    -> detections`` (``FasterRCNN.detect``; scales: the batch's resize factors, None: 1).
 
     One program is compiled per padded bucket shape and reused afterwards.
     """
 
     @functools.partial(jax.jit, compiler_options=conv.compiler_options(jax.default_backend()))
-    def predict(variables, images, image_sizes):
-        return model.apply(variables, images, image_sizes, method=model.detect)
+    def predict(variables, images, image_sizes, scales=None):
+        return model.apply(variables, images, image_sizes, scales, method=model.detect)
 
     return predict
 

@@ -251,13 +251,14 @@ def draw_sampled_anchors(
     return canvas
 
 
-def rpn_proposals(model, variables, images, image_sizes):
+def rpn_proposals(model, variables, images, image_sizes, scales=None):
     """The RPN's test-time proposals of a batch, best first (what the RoI head sees).
 
     Args:
       model: a ``FasterRCNN``; variables: its ``{"params", "frozen"}``.
-      images: uint8 ``[B, Hb, Wb, 3]`` padded; image_sizes: int32 ``[B, 2]``, as in a batch of
-        the data pipeline or ``Detector.preprocess``.
+      images: uint8 ``[B, Hb, Wb, 3]`` padded; image_sizes: int32 ``[B, 2]``; scales: float32
+        ``[B, 2]`` resize factors (None: 1), as in a batch of the data pipeline or
+        ``Detector.preprocess``.
 
     Returns:
       ``(rois float32 [B, P, 4] resized-image pixels, roi_mask bool [B, P])`` with
@@ -265,7 +266,7 @@ def rpn_proposals(model, variables, images, image_sizes):
     """
 
     rois, roi_mask = jax.jit(functools.partial(model.apply, method=model.proposals))(
-        variables, jnp.asarray(images), jnp.asarray(image_sizes)
+        variables, jnp.asarray(images), jnp.asarray(image_sizes), scales
     )
     return np.asarray(rois), np.asarray(roi_mask)
 

@@ -1,4 +1,4 @@
-"""Backbones: VGG16 (stride 16), ResNet-50/101 + FPN (P2..P6), a small CPU net.
+"""Backbones: VGG16 (stride 16), ResNet-18/34/50/101 + FPN (P2..P6), a small CPU net.
 
 Shape shorthand: B batch, H, W image height and width, C channels.
 
@@ -9,20 +9,22 @@ state_dict (``conv1_1`` for ``features.0``, ``layer2_0/conv1`` for
 ``layer2.0.conv1``) so that ``frcnn_jax.convert_weights`` can map ImageNet
 weights one to one.
 
-Frozen layers, as in every reference implementation (simple-faster-rcnn-pytorch
-freezes VGG16's conv1_1..conv2_2; torchvision and detectron2 freeze the ResNet
-stem and first stage and all batch norms): gradients are stopped at their
-output, and ``frozen_param_mask`` marks their parameters so that the optimizer
-neither updates nor decays them. Batch norm is frozen: its scale, bias, mean and
-variance live in the non-trainable ``"frozen"`` collection and it is a fixed
-affine map, whatever the batch size.
+Frozen layers, as every reference implementation fine-tunes ImageNet weights
+(simple-faster-rcnn-pytorch freezes VGG16's conv1_1..conv2_2; torchvision and
+detectron2 freeze the ResNet stem and first stage and all batch norms): gradients
+are stopped at their output, and the module's ``frozen_prefixes`` mark their
+parameters so that the optimizer neither updates nor decays them. Frozen batch
+norm keeps its scale, bias, mean and variance in the non-trainable ``"frozen"``
+collection and is a fixed affine map, whatever the batch size. ResNets trained
+from scratch take ``backbone_options={"norm": "group_norm"}`` instead: trainable
+GroupNorm and nothing frozen (``ResNet``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -69,12 +71,19 @@ class VGG16(nn.Module):
     num_frozen_convs: int = 4  # conv1_1 .. conv2_2, as the seed (Caffe lr 0)
     strides = (16,)
     channels = 512
+    _blocks = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+
+    @property
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        names = [
+            f"conv{block}_{i + 1}" for block, repeats, _ in self._blocks for i in range(repeats)
+        ]
+        return tuple(names[: self.num_frozen_convs])
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
-        blocks = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
         count = 0
-        for block, repeats, features in blocks:
+        for block, repeats, features in self._blocks:
             for i in range(repeats):
                 x = Conv(
                     features, (3, 3), padding=_pad(3), dtype=self.dtype, name=f"conv{block}_{i + 1}"
@@ -88,52 +97,165 @@ class VGG16(nn.Module):
         return [x]
 
 
+# Normalisation layers of the ResNet backbones (``backbone_options={"norm": ...}``).
+NORMS = ("frozen_bn", "group_norm")
+# GroupNorm groups (Wu & He 2018; detectron2's and torchvision's choice for GN backbones).
+GN_GROUPS = 32
+
+
+def _norm_layer(norm: str, dtype: Dtype, name: str) -> nn.Module:
+    """FrozenBatchNorm (ImageNet weights) or trainable GroupNorm(32) (from scratch)."""
+    if norm == "frozen_bn":
+        return FrozenBatchNorm(dtype=dtype, name=name)
+    if norm == "group_norm":
+        return nn.GroupNorm(num_groups=GN_GROUPS, epsilon=BN_EPSILON, dtype=dtype, name=name)
+    raise ValueError(f"model.backbone_options norm={norm!r}; choose one of {NORMS}")
+
+
+# torchvision's and detectron2's ResNet initialisation (kaiming_normal_, fan_out, ReLU gain):
+# what a network trained from scratch starts from; ImageNet weights replace it.
+_RESNET_CONV_INIT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
 class Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck (stride on the 3x3 conv)."""
+    """torchvision's ResNet v1.5 bottleneck (stride on the 3x3 conv); output 4 x features."""
 
     features: int
     strides: int = 1
     downsample: bool = False
+    norm: str = "frozen_bn"
     dtype: Dtype = jnp.float32
+    expansion = 4
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
-        norm = functools.partial(FrozenBatchNorm, dtype=self.dtype)
-        y = nn.relu(norm(name="bn1")(conv(self.features, (1, 1), name="conv1")(x)))
+        conv = functools.partial(
+            Conv, use_bias=False, kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
+        )
+        norm = functools.partial(_norm_layer, self.norm, self.dtype)
+        y = nn.relu(norm("bn1")(conv(self.features, (1, 1), name="conv1")(x)))
         y = conv(self.features, (3, 3), strides=self.strides, padding=_pad(3), name="conv2")(y)
-        y = nn.relu(norm(name="bn2")(y))
-        y = norm(name="bn3")(conv(self.features * 4, (1, 1), name="conv3")(y))
+        y = nn.relu(norm("bn2")(y))
+        y = norm("bn3")(conv(self.features * 4, (1, 1), name="conv3")(y))
         if self.downsample:
             x = conv(self.features * 4, (1, 1), strides=self.strides, name="downsample_conv")(x)
-            x = norm(name="downsample_bn")(x)
+            x = norm("downsample_bn")(x)
         return nn.relu(x + y)
 
 
+class BasicBlock(nn.Module):
+    """torchvision's ResNet-18/34 block: two 3x3 convs (stride on the first); output = features."""
+
+    features: int
+    strides: int = 1
+    downsample: bool = False
+    norm: str = "frozen_bn"
+    dtype: Dtype = jnp.float32
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        conv = functools.partial(
+            Conv, use_bias=False, padding=_pad(3), kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
+        )
+        norm = functools.partial(_norm_layer, self.norm, self.dtype)
+        y = nn.relu(norm("bn1")(conv(self.features, (3, 3), strides=self.strides, name="conv1")(x)))
+        y = norm("bn2")(conv(self.features, (3, 3), name="conv2")(y))
+        if self.downsample:
+            x = Conv(
+                self.features,
+                (1, 1),
+                strides=self.strides,
+                use_bias=False,
+                kernel_init=_RESNET_CONV_INIT,
+                dtype=self.dtype,
+                name="downsample_conv",
+            )(x)
+            x = norm("downsample_bn")(x)
+        return nn.relu(x + y)
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
+
+
+def resnet_frozen_prefixes(freeze_at: int) -> tuple[str, ...]:
+    """Parameter prefixes of a ResNet body frozen at ``freeze_at`` (detectron2's FREEZE_AT):
+    0 nothing, 1 the stem (conv1, bn1), k >= 2 the stem and layer1 .. layer{k - 1}."""
+    if not 0 <= freeze_at <= 5:
+        raise ValueError(f"model.backbone_options freeze_at={freeze_at}; choose 0..5")
+    stem = ("conv1", "bn1") if freeze_at >= 1 else ()
+    return stem + tuple(f"layer{i}_" for i in range(1, freeze_at))
+
+
 class ResNet(nn.Module):
-    """ResNet body: C2..C5 at strides 4..32; stem and layer1 frozen."""
+    """ResNet body: C2..C5 at strides 4..32.
+
+    norm: "frozen_bn" (torchvision's FrozenBatchNorm2d: ImageNet statistics, a fixed affine
+      map) or "group_norm" (trainable GroupNorm(32), for training from scratch as in He et al.
+      2019, "Rethinking ImageNet Pre-training"). Module names stay torchvision's ("bn1")
+      whatever the norm, as torchvision's ``norm_layer=`` keeps them.
+    freeze_at: detectron2's FREEZE_AT: gradients stop after the stem (1) or after layer{k-1}
+      (k >= 2), and those parameters are never updated (``frozen_prefixes``); 0 trains
+      everything. None: 2 with "frozen_bn" (the stem and layer1, as torchvision and
+      detectron2 fine-tune ImageNet weights), 0 with "group_norm" (detectron2's scratch GN
+      recipe: a network that starts random has nothing worth freezing).
+    """
 
     stage_sizes: Sequence[int]
+    block: str = "bottleneck"
+    norm: str = "frozen_bn"
+    freeze_at: int | None = None
     dtype: Dtype = jnp.float32
+
+    @property
+    def frozen_at(self) -> int:
+        if self.freeze_at is not None:
+            return int(self.freeze_at)
+        return 2 if self.norm == "frozen_bn" else 0
+
+    @property
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        return resnet_frozen_prefixes(self.frozen_at)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
+        if self.block not in BLOCKS:
+            raise ValueError(f"ResNet block={self.block!r}; choose one of {sorted(BLOCKS)}")
+        block_class = BLOCKS[self.block]
+        freeze_at = self.frozen_at
+        resnet_frozen_prefixes(freeze_at)  # validates
         x = Conv(
-            64, (7, 7), strides=2, padding=_pad(7), use_bias=False, dtype=self.dtype, name="conv1"
+            64,
+            (7, 7),
+            strides=2,
+            padding=_pad(7),
+            use_bias=False,
+            kernel_init=_RESNET_CONV_INIT,
+            dtype=self.dtype,
+            name="conv1",
         )(x)
-        x = nn.relu(FrozenBatchNorm(dtype=self.dtype, name="bn1")(x))
+        x = nn.relu(_norm_layer(self.norm, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
+        if freeze_at == 1:
+            x = jax.lax.stop_gradient(x)
         outputs = []
+        in_features = 64
         for stage, num_blocks in enumerate(self.stage_sizes):
+            features = 64 * 2**stage
             for block in range(num_blocks):
-                x = Bottleneck(
-                    64 * 2**stage,
-                    strides=2 if stage > 0 and block == 0 else 1,
-                    downsample=block == 0,
+                strides = 2 if stage > 0 and block == 0 else 1
+                x = block_class(
+                    features,
+                    strides=strides,
+                    # torchvision: a projection wherever the shape changes (every first block
+                    # of a bottleneck ResNet; not layer1_0 of ResNet-18/34).
+                    downsample=strides != 1 or in_features != features * block_class.expansion,
+                    norm=self.norm,
                     dtype=self.dtype,
                     name=f"layer{stage + 1}_{block}",
                 )(x)
-            if stage == 0:
+                in_features = features * block_class.expansion
+            if stage + 2 == freeze_at:
                 x = jax.lax.stop_gradient(x)
             outputs.append(x)
         return outputs
@@ -146,40 +268,77 @@ def _upsample_to(x: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
 
 
 class FPN(nn.Module):
-    """Feature pyramid (Lin et al. 2017) over C2..C5: P2..P5 plus P6 = max_pool(P5, 1, stride 2)."""
+    """Feature pyramid (Lin et al. 2017) over C2..C5: P2..P5 plus P6 = max_pool(P5, 1, stride 2).
+
+    norm: None (torchvision: convs with biases) or "group_norm" (detectron2's FPN.NORM="GN":
+    each lateral and output conv without bias, then GroupNorm(32), named ``<conv>_norm``).
+    """
 
     channels: int = 256
+    norm: str | None = None
     dtype: Dtype = jnp.float32
+
+    def _conv(self, kernel: int, name: str):
+        conv = Conv(
+            self.channels,
+            (kernel, kernel),
+            padding=_pad(kernel),
+            use_bias=self.norm is None,
+            dtype=self.dtype,
+            name=name,
+        )
+        if self.norm is None:
+            return conv
+        norm = _norm_layer(self.norm, self.dtype, f"{name}_norm")
+        return lambda x: norm(conv(x))
 
     @nn.compact
     def __call__(self, inputs: Sequence[jnp.ndarray]) -> list[jnp.ndarray]:
-        laterals = [
-            Conv(self.channels, (1, 1), dtype=self.dtype, name=f"inner{i}")(c)
-            for i, c in enumerate(inputs)
-        ]
+        laterals = [self._conv(1, f"inner{i}")(c) for i, c in enumerate(inputs)]
         merged = [laterals[-1]]
         for lateral in reversed(laterals[:-1]):
             merged.insert(0, lateral + _upsample_to(merged[0], lateral.shape[1], lateral.shape[2]))
-        outputs = [
-            Conv(self.channels, (3, 3), padding=_pad(3), dtype=self.dtype, name=f"layer{i}")(m)
-            for i, m in enumerate(merged)
-        ]
+        outputs = [self._conv(3, f"layer{i}")(m) for i, m in enumerate(merged)]
         outputs.append(outputs[-1][:, ::2, ::2])  # P6: torchvision's LastLevelMaxPool (kernel 1)
         return outputs
 
 
 class ResNetFPN(nn.Module):
-    """ResNet + FPN: P2..P6 at strides 4..64, C = 256."""
+    """ResNet + FPN: P2..P6 at strides 4..64, C = 256.
+
+    block, norm, freeze_at: the ResNet's (see ``ResNet``). With norm="group_norm" the FPN
+    convs are GroupNorm-ed too (detectron2's scratch recipe); with "frozen_bn" it has none.
+    """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    block: str = "bottleneck"
+    norm: str = "frozen_bn"
+    freeze_at: int | None = None
     dtype: Dtype = jnp.float32
     strides = (4, 8, 16, 32, 64)
     channels = 256
 
+    def _resnet(self, **kwargs) -> ResNet:
+        return ResNet(
+            self.stage_sizes,
+            block=self.block,
+            norm=self.norm,
+            freeze_at=self.freeze_at,
+            dtype=self.dtype,
+            **kwargs,
+        )
+
+    @property
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"body/{p}" for p in self._resnet(parent=None).frozen_prefixes)
+
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
-        body = ResNet(self.stage_sizes, dtype=self.dtype, name="body")(x)
-        return FPN(self.channels, dtype=self.dtype, name="fpn")(body)
+        if self.norm not in NORMS:
+            raise ValueError(f"model.backbone_options norm={self.norm!r}; choose one of {NORMS}")
+        body = self._resnet(name="body")(x)
+        fpn_norm = None if self.norm == "frozen_bn" else self.norm
+        return FPN(self.channels, norm=fpn_norm, dtype=self.dtype, name="fpn")(body)
 
 
 class SmallNet(nn.Module):
@@ -191,6 +350,7 @@ class SmallNet(nn.Module):
 
     widths: Sequence[int] = (32, 64, 96, 128)
     dtype: Dtype = jnp.float32
+    frozen_prefixes = ()  # trained from scratch: nothing frozen
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -217,9 +377,11 @@ class BackboneSpec:
     """Everything the project knows about one ``config.model.backbone``, in one place.
 
     factory: builds the Flax module (``factory(dtype=..., **config.model.backbone_options)``);
-      the module has ``strides`` (one per output map, finest first) and returns the maps.
-    frozen_prefixes: parameter paths inside the backbone that the optimizer never updates
-      (a prefix ending in "_" matches by string prefix: "body/layer1_" is every layer1 block).
+      the module has ``strides`` (one per output map, finest first), ``frozen_prefixes``
+      (parameter paths inside the backbone that the optimizer never updates, next to the
+      ``stop_gradient`` that goes with them: both follow the module's options, so freezing
+      can be switched off for training from scratch; a prefix ending in "_" matches by string
+      prefix: "body/layer1_" is every layer1 block) and returns the maps.
     torchvision_arch: the ``convert_weights --arch`` whose ImageNet file fits; None: none.
     weight_layout: how torchvision's names map to ours ("vgg" or "resnet"; frcnn_jax.weights).
     weight_prefixes: FasterRCNN variables a converted file must fill completely (the FPN, RPN
@@ -227,7 +389,6 @@ class BackboneSpec:
     """
 
     factory: Callable[..., nn.Module]
-    frozen_prefixes: tuple[str, ...] = ()
     torchvision_arch: str | None = None
     weight_layout: str | None = None
     weight_prefixes: tuple[str, ...] = ()
@@ -236,28 +397,30 @@ class BackboneSpec:
 _RESNET_WEIGHTS = {
     "weight_layout": "resnet",
     "weight_prefixes": ("params/body/body/", "frozen/body/body/"),
-    "frozen_prefixes": ("body/conv1", "body/layer1_"),
 }
+
+
+def _resnet_fpn(name: str, stage_sizes: tuple[int, ...], block: str) -> BackboneSpec:
+    return BackboneSpec(
+        functools.partial(ResNetFPN, stage_sizes=stage_sizes, block=block),
+        torchvision_arch=name,
+        **_RESNET_WEIGHTS,
+    )
+
 
 BACKBONES: dict[str, BackboneSpec] = {
     "vgg16": BackboneSpec(
         VGG16,
-        # conv1_1 .. conv2_2, as the seed (Caffe lr 0).
-        frozen_prefixes=("conv1_1", "conv1_2", "conv2_1", "conv2_2"),
         torchvision_arch="vgg16",
         weight_layout="vgg",
         weight_prefixes=("params/body/",),
     ),
-    "resnet50_fpn": BackboneSpec(
-        functools.partial(ResNetFPN, stage_sizes=(3, 4, 6, 3)),
-        torchvision_arch="resnet50",
-        **_RESNET_WEIGHTS,
-    ),
-    "resnet101_fpn": BackboneSpec(
-        functools.partial(ResNetFPN, stage_sizes=(3, 4, 23, 3)),
-        torchvision_arch="resnet101",
-        **_RESNET_WEIGHTS,
-    ),
+    # ResNet-18/34 (BasicBlock): small enough to train from scratch on a CPU with
+    # backbone_options={"norm": "group_norm"}; ImageNet weights with the default frozen_bn.
+    "resnet18_fpn": _resnet_fpn("resnet18", (2, 2, 2, 2), "basic"),
+    "resnet34_fpn": _resnet_fpn("resnet34", (3, 4, 6, 3), "basic"),
+    "resnet50_fpn": _resnet_fpn("resnet50", (3, 4, 6, 3), "bottleneck"),
+    "resnet101_fpn": _resnet_fpn("resnet101", (3, 4, 23, 3), "bottleneck"),
     "small": BackboneSpec(SmallNet),
 }
 
@@ -274,9 +437,19 @@ def by_torchvision_arch() -> dict[str, str]:
     return {s.torchvision_arch: name for name, s in BACKBONES.items() if s.torchvision_arch}
 
 
-def is_frozen_param(backbone: str, path: str) -> bool:
-    """Whether ``path`` ("conv1_1/kernel", "body/layer1_0/conv1/kernel") is frozen."""
+def frozen_prefixes(backbone: str, options: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The ``frozen_prefixes`` of ``backbone`` built with ``options`` (backbone_options)."""
+    return tuple(get_spec(backbone).factory(**dict(options or {})).frozen_prefixes)
+
+
+def matches_prefix(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether parameter ``path`` lies under one of ``prefixes`` (rule in ``BackboneSpec``)."""
     return any(
         path == p or path.startswith(p + "/") or (p.endswith("_") and path.startswith(p))
-        for p in get_spec(backbone).frozen_prefixes
+        for p in prefixes
     )
+
+
+def is_frozen_param(backbone: str, path: str, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``path`` ("conv1_1/kernel", "body/layer1_0/conv1/kernel") is frozen."""
+    return matches_prefix(path, frozen_prefixes(backbone, options))

@@ -2,7 +2,8 @@
 
 ``config.model`` (configs/default.py lists every field with its default):
   backbone            a name of ``models.backbones.BACKBONES``
-  backbone_options    keyword arguments of the backbone (small: ``{"widths": (32, 64, 128)}``)
+  backbone_options    keyword arguments of the backbone (small: ``{"widths": (32, 64, 128)}``;
+                      ResNet-FPN: ``{"norm": "frozen_bn" | "group_norm", "freeze_at": 0..5}``)
   image_normalization "torchvision" (RGB, ImageNet mean/std) or "caffe" (BGR minus mean)
   dtype               "float32" or "bfloat16" compute (parameters stay float32)
   pretrained          an .npz from ``python -m frcnn_jax.convert_weights`` (read by training)
@@ -19,10 +20,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from frcnn_jax import anchors as anchors_lib
 from frcnn_jax.models import backbones
 from frcnn_jax.models.faster_rcnn import FasterRCNN
 from frcnn_jax.models.inputs import NORMALIZATIONS
-from frcnn_jax.models.options import SECTIONS, field_names
+from frcnn_jax.models.options import SECTIONS, RPNOptions, field_names
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Top-level fields of config.model that are not option groups.
@@ -63,7 +65,16 @@ def check_model_config(model_config: ml_collections.ConfigDict) -> None:
         for name in model_config.get(section, {}).keys():
             if name not in known:
                 raise unknown_field_error(f"model.{section}", name, known)
-    backbones.get_spec(model_config.backbone)
+    check_backbone_options(model_config.backbone, model_config.get("backbone_options") or {})
+    rpn = model_config.get("rpn", {})
+    border_rule = rpn.get("border_rule", RPNOptions.border_rule)
+    if border_rule not in anchors_lib.BORDER_RULES:
+        raise ValueError(
+            f"model.rpn.border_rule={border_rule!r}; choose one of {anchors_lib.BORDER_RULES}"
+        )
+    units = rpn.get("min_size_units", RPNOptions.min_size_units)
+    if units not in ("original", "resized"):
+        raise ValueError(f"model.rpn.min_size_units={units!r}; choose 'original' or 'resized'")
     if model_config.dtype not in DTYPES:
         raise ValueError(f"model.dtype={model_config.dtype!r}; choose one of {sorted(DTYPES)}")
     if model_config.image_normalization not in NORMALIZATIONS:
@@ -71,6 +82,25 @@ def check_model_config(model_config: ml_collections.ConfigDict) -> None:
             f"model.image_normalization={model_config.image_normalization!r}; "
             f"choose one of {sorted(NORMALIZATIONS)}"
         )
+
+
+def check_backbone_options(backbone: str, options) -> None:
+    """ValueError naming ``model.backbone_options`` when the backbone does not take them."""
+    spec = backbones.get_spec(backbone)
+    options = {k: _tuples(v) for k, v in dict(options).items()}
+    try:
+        module = spec.factory(**options)
+    except TypeError as error:
+        known = [f.name for f in dataclasses.fields(spec.factory(parent=None)) if f.init]
+        known = [k for k in known if k not in ("parent", "name", "dtype")]
+        raise ValueError(
+            f"model.backbone_options={options} do not fit model.backbone={backbone!r} "
+            f"(it takes {sorted(known)}): {error}"
+        ) from None
+    norm = getattr(module, "norm", None)
+    if norm is not None and norm not in backbones.NORMS:
+        raise ValueError(f"model.backbone_options norm={norm!r}; choose one of {backbones.NORMS}")
+    module.frozen_prefixes  # noqa: B018 (validates freeze_at)
 
 
 def build_model(model_config: ml_collections.ConfigDict, *, num_classes: int) -> FasterRCNN:

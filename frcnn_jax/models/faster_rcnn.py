@@ -40,8 +40,9 @@ class FasterRCNN(nn.Module):
 
     Defaults are the seed's (simple-faster-rcnn-pytorch): anchors 16 x (8, 16, 32)
     x ratios (0.5, 1, 2); RPN 256 samples, IoU 0.7 / 0.3; proposals 12000 -> 2000
-    (train), 6000 -> 300 (test), NMS 0.7, min size 16; RoI 128 samples, 25%
-    foreground at IoU 0.5; deltas normalised by stds (0.1, 0.1, 0.2, 0.2);
+    (train), 6000 -> 300 (test), NMS 0.7, min size 16 original-image pixels, anchors
+    crossing the image border ignored; RoI 128 samples, 25% foreground at IoU 0.5;
+    deltas normalised by stds (0.1, 0.1, 0.2, 0.2), smooth L1 (sigma 1) box loss;
     inference score threshold 0.05, per-class NMS 0.3, 100 detections.
     """
 
@@ -139,7 +140,21 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"model.roi.op={op!r}; choose 'pool' or 'align'")
         return jax.vmap(fn)(features[0], rois)
 
-    def _propose(self, features, rpn_logits, rpn_deltas, anchors, image_sizes, *, pre, post):
+    def _min_sizes(self, image_sizes, scales):
+        """float32 ``[B, 2]`` minimum proposal (height, width) in resized pixels."""
+        rpn = self.rpn_options
+        if rpn.min_size_units not in ("original", "resized"):
+            raise ValueError(
+                f"model.rpn.min_size_units={rpn.min_size_units!r}; choose 'original' or 'resized'"
+            )
+        min_size = jnp.full(image_sizes.shape, rpn.min_size, jnp.float32)  # [B, 2]
+        if rpn.min_size_units == "original" and scales is not None:
+            min_size = min_size * jnp.asarray(scales, jnp.float32)  # the seed's min_size * scale
+        return min_size
+
+    def _propose(
+        self, features, rpn_logits, rpn_deltas, anchors, image_sizes, scales, *, pre, post
+    ):
         # FPN: top-k and NMS per level (torchvision, detectron2); one level: the seed's rule.
         level_sizes = (
             [f.shape[1] * f.shape[2] * self.anchors_per_position for f in features]
@@ -151,17 +166,20 @@ class FasterRCNN(nn.Module):
             pre_nms_top_n=pre,
             post_nms_top_n=post,
             nms_iou=self.rpn_options.nms_iou,
-            min_size=self.rpn_options.min_size,
             level_sizes=level_sizes,
         )
-        return jax.vmap(fn, in_axes=(0, 0, None, 0))(
+
+        def one_image(logits, deltas, image_size, min_size):
+            return fn(logits, deltas, anchors, image_size, min_size=min_size)
+
+        return jax.vmap(one_image)(
             jax.lax.stop_gradient(rpn_logits),
             jax.lax.stop_gradient(rpn_deltas),
-            anchors,
             image_sizes,
+            self._min_sizes(image_sizes, scales),
         )
 
-    def __call__(self, images, image_sizes, gt_boxes, gt_classes, gt_mask, *, keys):
+    def __call__(self, images, image_sizes, gt_boxes, gt_classes, gt_mask, *, keys, scales=None):
         """Training losses.
 
         Args:
@@ -171,6 +189,8 @@ class FasterRCNN(nn.Module):
           gt_classes: int32 ``[B, G]`` 0-based class ids.
           gt_mask: bool ``[B, G]``, False for padding (and excluded boxes).
           keys: ``[B]`` PRNG keys, one per image, for anchor and roi sampling.
+          scales: float32 ``[B, 2]`` resize factors (sy, sx), resized = original * scale, for
+            the minimum proposal size in original pixels; None: 1 (the batch is unresized).
 
         Returns:
           ``(losses, aux)``: losses ``{"rpn_cls", "rpn_box", "roi_cls", "roi_box",
@@ -189,6 +209,7 @@ class FasterRCNN(nn.Module):
             positive_fraction=rpn.positive_fraction,
             positive_iou=rpn.positive_iou,
             negative_iou=rpn.negative_iou,
+            border_rule=rpn.border_rule,
         )
         rpn_labels, rpn_gt_deltas = jax.vmap(anchor_fn, in_axes=(0, None, 0, 0, 0))(
             anchor_keys, anchors, gt_boxes, gt_mask, image_sizes
@@ -207,6 +228,7 @@ class FasterRCNN(nn.Module):
             rpn_deltas,
             anchors,
             image_sizes,
+            scales,
             pre=rpn.pre_nms_top_n,
             post=rpn.post_nms_top_n,
         )
@@ -229,7 +251,7 @@ class FasterRCNN(nn.Module):
                 gt_classes=sample_classes,
                 gt_deltas=sample_deltas,
                 mask=sample_mask,
-                sigma=1.0,
+                beta=roi.box_loss_beta,
             )
         )
         losses["total"] = loss_lib.total_loss(losses)
@@ -240,7 +262,7 @@ class FasterRCNN(nn.Module):
         }
         return losses, aux
 
-    def _test_rois(self, images, image_sizes):
+    def _test_rois(self, images, image_sizes, scales):
         """Features and the test-time proposals (``test_options.pre/post_nms_top_n``)."""
         features, rpn_logits, rpn_deltas = self._features(images, image_sizes)
         anchors = self.anchors_for_shapes([f.shape[1:3] for f in features])
@@ -250,28 +272,31 @@ class FasterRCNN(nn.Module):
             rpn_deltas,
             anchors,
             image_sizes,
+            scales,
             pre=self.test_options.pre_nms_top_n,
             post=self.test_options.post_nms_top_n,
         )
         return features, rois, roi_mask
 
-    def proposals(self, images, image_sizes):
+    def proposals(self, images, image_sizes, scales=None):
         """Test-time RPN proposals: rois ``[B, P, 4]`` best first, roi_mask ``[B, P]``."""
-        _, rois, roi_mask = self._test_rois(images, image_sizes)
+        _, rois, roi_mask = self._test_rois(images, image_sizes, scales)
         return rois, roi_mask
 
-    def detect(self, images, image_sizes):
+    def detect(self, images, image_sizes, scales=None):
         """Inference: padded detections in the (resized) input image's pixels.
 
         Args:
-          images: uint8 ``[B, Hb, Wb, 3]``; image_sizes: int32 ``[B, 2]``.
+          images: uint8 ``[B, Hb, Wb, 3]``; image_sizes: int32 ``[B, 2]``; scales: float32
+            ``[B, 2]`` resize factors (the batch's "scales"; None: 1), for the minimum
+            proposal size in original pixels.
 
         Returns:
           dict of ``boxes`` float32 ``[B, D, 4]`` (ymin, xmin, ymax, xmax),
           ``scores`` float32 ``[B, D]``, ``classes`` int32 ``[B, D]`` 0-based,
           ``valid`` bool ``[B, D]``; D = test_options.max_detections, sorted by score.
         """
-        features, rois, roi_mask = self._test_rois(images, image_sizes)
+        features, rois, roi_mask = self._test_rois(images, image_sizes, scales)
         cls_logits, box_deltas = self.head(self._pool(features, rois))
         test = self.test_options
         fn = functools.partial(

@@ -32,9 +32,18 @@ class RPNOptions:
     positive_iou: float = 0.7
     negative_iou: float = 0.3
     nms_iou: float = 0.7
-    min_size: float = 16.0  # proposals with a side below this (resized pixels) are dropped
+    # Proposals with a side below min_size are dropped (training and test). min_size_units:
+    # "original" (the seed: original-image pixels, i.e. min_size x the image's resize factor,
+    # the batch's "scales") or "resized" (pixels of the network's input).
+    min_size: float = 16.0
+    min_size_units: str = "original"
     pre_nms_top_n: int = 12000
     post_nms_top_n: int = 2000
+    # Anchors the RPN trains: "ignore_crossing" (the seed: only anchors fully inside the
+    # image) or "train_crossing" (torchvision, detectron2: anchors crossing the border too;
+    # only anchors centred in the padding are left out). Anchors centred in the padding never
+    # make proposals, whatever the rule. frcnn_jax.anchors.trainable_anchors.
+    border_rule: str = "ignore_crossing"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +58,9 @@ class RoIOptions:
     positive_iou: float = 0.5
     negative_iou: tuple[float, float] = (0.0, 0.5)  # background: max IoU in [lo, hi)
     delta_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    # Box regression loss: smooth L1 with this beta (losses.smooth_l1_beta). 1.0: the seed
+    # (sigma 1); 1/9: torchvision's fastrcnn_loss; 0.0: detectron2's L1.
+    box_loss_beta: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +73,7 @@ class TestOptions:
     pre_nms_top_n: int = 6000
     post_nms_top_n: int = 300
     score_threshold: float = 0.05
-    nms_iou: float = 0.3
+    nms_iou: float = 0.3  # per-class NMS: 0.3 the seed's VGG16; 0.5 torchvision, detectron2
     max_detections: int = 100
 
 

@@ -27,6 +27,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"config.eval_every_steps must be >= 0, got {config.eval_every_steps}")
     if not config.learning_rate > 0:
         raise ValueError(f"config.learning_rate must be > 0, got {config.learning_rate}")
+    for name in ("num_epochs", "warmup_epochs", "bias_lr_factor"):
+        value = config.get(name)
+        if value is not None and not (value > 0 or (name == "warmup_epochs" and value == 0)):
+            raise ValueError(f"config.{name} must be > 0, got {value!r}")
+    if any(float(e) <= 0 for e in config.get("lr_decay_epochs") or ()):
+        raise ValueError(f"config.lr_decay_epochs must be positive, got {config.lr_decay_epochs}")
     check_model_config(config.model)
     if config.data.name not in _DATA_SOURCES:
         raise ValueError(f"config.data.name={config.data.name!r}; choose one of {_DATA_SOURCES}")

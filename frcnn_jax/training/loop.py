@@ -16,6 +16,7 @@ from frcnn_jax import data as data_lib
 from frcnn_jax import workdir as workdir_lib
 from frcnn_jax.evaluation import run as eval_run
 from frcnn_jax.models import build_model, init_variables
+from frcnn_jax.training import schedule as schedule_lib
 from frcnn_jax.training import sharding
 from frcnn_jax.training.config_checks import validate_config
 from frcnn_jax.training.monitor import MetricWindow
@@ -32,6 +33,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.get("distributed", False):
         jax.distributed.initialize()
     check_batch_layout(config)
+    config = with_step_schedule(config)
     class_names = data_lib.get_class_names(config.data)
     if jax.process_index() == 0:
         workdir_lib.write_run_info(workdir, config, class_names)
@@ -79,6 +81,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer.close()
     writer.flush()
     return last
+
+
+def with_step_schedule(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with its schedule in steps: when ``num_epochs`` (or ``warmup_epochs``) is set,
+    a copy whose ``num_train_steps``, ``lr_decay_steps`` (and ``warmup_steps``) come from epochs,
+    the dataset's size and the global batch size (``training.schedule``); logged either way."""
+    num_epochs, warmup_epochs = config.get("num_epochs"), config.get("warmup_epochs")
+    if num_epochs is None and warmup_epochs is None:
+        logging.info(
+            "schedule in steps: %d steps, lr x0.1 at steps %s, warmup %d steps, batch %d",
+            config.num_train_steps,
+            tuple(config.lr_decay_steps),
+            config.warmup_steps,
+            config.batch_size,
+        )
+        return config
+    start = time.perf_counter()
+    num_examples = data_lib.count_training_examples(config.data)
+    if num_examples < 1:
+        raise ValueError(
+            f"data.train_split={config.data.train_split!r} has no training image: a schedule in "
+            "epochs (config.num_epochs) needs at least one"
+        )
+    steps = schedule_lib.steps_from_epochs(
+        num_examples=num_examples,
+        batch_size=config.batch_size,
+        num_epochs=num_epochs if num_epochs is not None else 1.0,
+        lr_decay_epochs=tuple(config.get("lr_decay_epochs") or ()) if num_epochs else (),
+        warmup_epochs=warmup_epochs,
+        warmup_steps=config.warmup_steps,
+    )
+    config = config.copy_and_resolve_references()
+    if num_epochs is not None:
+        config.num_train_steps = steps.num_train_steps
+        config.lr_decay_steps = steps.lr_decay_steps
+    config.warmup_steps = steps.warmup_steps
+    logging.info(
+        "schedule in epochs: %d training images in %r (counted in %.1f s) / global batch %d = "
+        "%.2f steps per epoch; num_epochs %s, lr_decay_epochs %s, warmup_epochs %s -> %d steps, "
+        "lr x0.1 at steps %s, warmup %d steps",
+        num_examples,
+        config.data.train_split,
+        time.perf_counter() - start,
+        config.batch_size,
+        num_examples / config.batch_size,
+        num_epochs,
+        tuple(config.get("lr_decay_epochs") or ()),
+        warmup_epochs,
+        config.num_train_steps,
+        tuple(config.lr_decay_steps),
+        config.warmup_steps,
+    )
+    return config
 
 
 def check_batch_layout(config: ml_collections.ConfigDict) -> None:

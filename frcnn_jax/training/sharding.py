@@ -17,7 +17,7 @@ from frcnn_jax.models import conv
 from frcnn_jax.training.step import train_step
 
 # Keys of a data batch that the train step reads (the rest stays on the host).
-TRAIN_KEYS = ("images", "image_sizes", "gt_boxes", "gt_classes", "gt_mask")
+TRAIN_KEYS = ("images", "image_sizes", "scales", "gt_boxes", "gt_classes", "gt_mask")
 DATA_AXIS = "data"
 
 

@@ -57,6 +57,8 @@ def create_train_state(config: ml_collections.ConfigDict, model: FasterRCNN, var
         schedule=schedule,
         momentum=config.momentum,
         weight_decay=config.weight_decay,
+        bias_lr_factor=config.get("bias_lr_factor", 1.0),
+        backbone_options=model.backbone_options,
     )
     state = TrainState.create(
         apply_fn=model.apply,
@@ -79,9 +81,9 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, axis_name: str
 
     Args:
       state: TrainState.
-      batch: ``images`` uint8 [B, Hb, Wb, 3], ``image_sizes`` int32 [B, 2],
-        ``gt_boxes`` float32 [B, G, 4], ``gt_classes`` int32 [B, G], ``gt_mask``
-        bool [B, G] (per-device B under pmap).
+      batch: ``images`` uint8 [B, Hb, Wb, 3], ``image_sizes`` int32 [B, 2], ``scales``
+        float32 [B, 2] (resize factors), ``gt_boxes`` float32 [B, G, 4], ``gt_classes``
+        int32 [B, G], ``gt_mask`` bool [B, G] (per-device B under pmap).
       key: the step key, ``fold_in(seed_key, step)``.
       axis_name: pmap axis to average gradients and metrics over.
 
@@ -101,6 +103,7 @@ def train_step(state: TrainState, batch: dict, key: jax.Array, *, axis_name: str
             batch["gt_classes"],
             batch["gt_mask"],
             keys=keys,
+            scales=batch["scales"],
         )
         return losses["total"], (losses, aux)
 
