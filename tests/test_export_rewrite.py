@@ -130,7 +130,7 @@ def test_unknown_sub_programs_are_named():
 def test_the_detector_with_roi_pool_is_unchanged():
     # RoIAlign (the tiny config's) is covered end to end by tests/test_export.py; RoIPool adds
     # lax.map (scan) and a custom_vjp to the program.
-    config = tiny_config(**{"model.roi_op": "pool"})
+    config = tiny_config(**{"model.roi.op": "pool"})
     model = build_model(config.model, num_classes=3)
     variables = init_variables(model, jax.random.key(0))
     images = RNG.integers(1, 255, (2, 64, 64, 3), np.uint8)

@@ -116,7 +116,28 @@ def _cond(eqn, index, *operands, rules):
         (lambda *ops, branch=branch: tuple(evaluate(branch, *ops, rules=rules)))
         for branch in eqn.params["branches"]
     ]
+    if isinstance(index, _PlatformChoice):  # a platform_dependent choice made at export
+        return list(branches[index.branch](*operands))
     return list(lax.switch(index, branches, *operands))
+
+
+class _PlatformChoice:
+    """The branch index ``platform_index`` stands for, known when exporting for one platform."""
+
+    def __init__(self, branch: int):
+        self.branch = branch
+
+
+def _cpu_platform(eqn, *, rules):
+    """``lax.platform_dependent`` (conv.py, nms.py, roi_ops/pool.py) picks its CPU form:
+    onnxruntime runs where the CPU forms are the tested, exact ones, and ONNX has no
+    platform switch. The CPU forms equal the accelerator forms (tests/test_nms.py,
+    tests/test_roi_ops.py)."""
+    platforms = eqn.params["platforms"]
+    for branch, names in enumerate(platforms):
+        if names is not None and "cpu" in names:
+            return [_PlatformChoice(branch)]
+    return [_PlatformChoice(platforms.index(None))]
 
 
 def _scan(eqn, *args, rules):
@@ -219,5 +240,6 @@ ONNX_RULES = {
     "gather": _leaf(gather_rows.gather),
     "scatter": _leaf(gather_rows.scatter(add=False)),
     "scatter-add": _leaf(gather_rows.scatter(add=True)),
+    "platform_index": _cpu_platform,
 }
 TENSORFLOW_RULES = {**_CALLS_AND_CONTROL_FLOW, "top_k": _top_k_by_sort}
