@@ -60,3 +60,19 @@ def test_bad_values_are_named(field, value, message):
     config[field] = value
     with pytest.raises(ValueError, match=message):
         build_model(config, num_classes=3)
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"norm": "bn"}, r"norm='bn'; choose one of \('frozen_bn', 'group_norm'\)"),
+        ({"freeze_at": 6}, "freeze_at=6; choose 0..5"),
+        ({"widths": (8, 16)}, r"do not fit model.backbone='resnet18_fpn' \(it takes \["),
+    ],
+)
+def test_bad_backbone_options_are_named(options, message):
+    config = default.get_config().model
+    config.backbone = "resnet18_fpn"
+    config.backbone_options = options
+    with pytest.raises(ValueError, match=message):
+        build_model(config, num_classes=3)

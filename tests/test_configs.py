@@ -9,7 +9,7 @@ import pytest
 from frcnn_jax.models import build_model
 from frcnn_jax.training.config_checks import validate_config
 
-CONFIGS = ["synthetic", "voc", "voc_resnet50_fpn", "coco_resnet50_fpn"]
+CONFIGS = ["synthetic", "voc", "voc_resnet50_fpn", "coco_resnet50_fpn", "custom"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -36,6 +36,11 @@ def test_config_validates_and_builds_its_model(name):
         ("model.backbone", "vgg19", "model.backbone"),
         ("data.name", "imagenet", "config.data.name"),
         ("data.max_size", 10, "min_size"),
+        ("num_epochs", 0.0, "config.num_epochs must be > 0"),
+        ("lr_decay_epochs", (-1.0,), "config.lr_decay_epochs"),
+        ("model.rpn.border_rule", "inside", "model.rpn.border_rule='inside'"),
+        ("model.rpn.min_size_units", "px", "model.rpn.min_size_units='px'"),
+        ("model.backbone_options", {"norm": "bn"}, r"do not fit model.backbone='small' \(it takes"),
     ],
 )
 def test_bad_fields_are_named(field, value, message):

@@ -207,3 +207,16 @@ def test_min_proposal_size_follows_the_batch_scales():
     assert float(heights.min()) >= 8.0
     _, mask = proposals("resized")
     assert int(mask[1].sum()) == int(mask[0].sum()) > 0
+
+
+def test_narrow_resnet18_fpn_for_cpus():
+    """width 32 halves every ResNet stage; GroupNorm keeps 2 channels per group below 64."""
+    module = backbones.get_spec("resnet18_fpn").factory(norm="group_norm", width=32, channels=64)
+    variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    body = variables["params"]["body"]
+    assert body["conv1"]["kernel"].shape == (7, 7, 3, 32)
+    assert body["layer4_1"]["conv2"]["kernel"].shape == (3, 3, 256, 256)
+    assert variables["params"]["fpn"]["layer0"]["kernel"].shape == (3, 3, 64, 64)
+    x = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
+    out = module.apply(module.init(jax.random.key(0), x), x)
+    assert [o.shape[-1] for o in out] == [64] * 5 and all(bool(jnp.isfinite(o).all()) for o in out)

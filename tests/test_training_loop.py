@@ -2,6 +2,7 @@
 
 import re
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -128,3 +129,30 @@ def test_step_variants_give_finite_losses(overrides):
             jax.tree.leaves(body["layer1_0"])
         )
         assert any(jax.tree.leaves(body["layer2_0"]))
+
+
+def test_scratch_group_norm_resnet18_fpn_step_trains_the_stem():
+    """The CPU recipe of configs/custom.py (narrowed further): GroupNorm, nothing frozen,
+    crossing anchors trained, L1 box loss, the seed's 2x bias learning rate."""
+    config = tiny_config(
+        **{
+            "model.backbone": "resnet18_fpn",
+            "model.backbone_options": {"norm": "group_norm", "width": 32, "channels": 32},
+            "model.anchors.sizes": (16.0, 32.0, 64.0, 128.0, 256.0),
+            "model.rpn.channels": 16,
+            "model.rpn.border_rule": "train_crossing",
+            "model.roi.op": "align",
+            "model.roi.box_loss_beta": 0.0,
+            "bias_lr_factor": 2.0,
+        }
+    )
+    _, state, batch = _setup(config)
+    new_state, metrics = jax.jit(train_step)(state, batch, jax.random.key(1))
+    assert np.isfinite(float(metrics["total"])) and int(new_state.nonfinite_step) == -1
+    moved = flax.traverse_util.flatten_dict(
+        jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.params, new_state.params), sep="/"
+    )
+    # Every kernel and bias of the backbone moved, the stem and layer1 included (GroupNorm
+    # scales start at 1.0, where one small first step can round away).
+    assert all(moved[k] for k in moved if k.startswith("body/") and not k.endswith("/scale"))
+    assert moved["body/body/conv1/kernel"] and moved["body/body/layer1_0/conv1/kernel"]

@@ -17,7 +17,8 @@ parameters so that the optimizer neither updates nor decays them. Frozen batch
 norm keeps its scale, bias, mean and variance in the non-trainable ``"frozen"``
 collection and is a fixed affine map, whatever the batch size. ResNets trained
 from scratch take ``backbone_options={"norm": "group_norm"}`` instead: trainable
-GroupNorm and nothing frozen (``ResNet``).
+GroupNorm and nothing frozen (``ResNet``). The ResNet family lives in
+``models/resnet.py``; this module holds VGG16, the small net and the table.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from frcnn_jax.models.conv import Conv
-from frcnn_jax.models.resnet import (  # noqa: F401 (re-exported: the backbone modules)
+from frcnn_jax.models.conv import torch_padding as _pad
+from frcnn_jax.models.resnet import (  # noqa: F401 (the backbone family, re-exported)
     BN_EPSILON,
     FPN,
     NORMS,
@@ -41,8 +43,6 @@ from frcnn_jax.models.resnet import (  # noqa: F401 (re-exported: the backbone m
     FrozenBatchNorm,
     ResNet,
     ResNetFPN,
-    _pad,
-    resnet_frozen_prefixes,
 )
 
 Dtype = Any

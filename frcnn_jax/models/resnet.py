@@ -1,11 +1,15 @@
-"""ResNet-18/34/50/101 (torchvision's v1.5) with frozen BatchNorm or GroupNorm, and the FPN.
+"""ResNet bodies (torchvision's v1.5, BasicBlock and Bottleneck) and the FPN on top of them.
 
 Shape shorthand: B batch, H, W image height and width, C channels.
 
-Parameter names follow torchvision's state_dict (``layer2_0/conv1`` for ``layer2.0.conv1``) so
-that ``frcnn_jax.convert_weights`` maps ImageNet weights one to one. Frozen batch norm keeps its
-scale, bias, mean and variance in the non-trainable ``"frozen"`` collection and is a fixed affine
-map, whatever the batch size; ResNets trained from scratch take GroupNorm and freeze nothing.
+Parameter names follow torchvision's state_dict (``layer2_0/conv1`` for ``layer2.0.conv1``,
+``bn1`` for ``bn1`` whatever the norm) so that ``frcnn_jax.convert_weights`` maps ImageNet
+weights one to one. Normalisation (``norm``): frozen batch norm for ImageNet weights (scale,
+bias, mean and variance in the non-trainable ``"frozen"`` collection: a fixed affine map,
+whatever the batch size), or trainable GroupNorm for training from scratch (He et al. 2019,
+"Rethinking ImageNet Pre-training"). Which layers are frozen follows ``freeze_at``
+(detectron2's FREEZE_AT); the gradient is stopped there and ``frozen_prefixes`` names the
+parameters the optimizer must leave alone.
 """
 
 from __future__ import annotations
@@ -19,20 +23,12 @@ import jax
 import jax.numpy as jnp
 
 from frcnn_jax.models.conv import Conv
+from frcnn_jax.models.conv import torch_padding as _pad
 
 Dtype = Any
 
 # torchvision's FrozenBatchNorm2d epsilon.
 BN_EPSILON = 1e-5
-
-
-def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Explicit symmetric padding k // 2, as PyTorch's ``padding=k // 2``.
-
-    ``"SAME"`` pads stride-2 convolutions asymmetrically (more at the end),
-    which would break the one-to-one match with torchvision weights.
-    """
-    return ((k // 2, k // 2), (k // 2, k // 2))
 
 
 class FrozenBatchNorm(nn.Module):
@@ -56,12 +52,14 @@ NORMS = ("frozen_bn", "group_norm")
 GN_GROUPS = 32
 
 
-def _norm_layer(norm: str, dtype: Dtype, name: str) -> nn.Module:
-    """FrozenBatchNorm (ImageNet weights) or trainable GroupNorm(32) (from scratch)."""
+def _norm_layer(norm: str, dtype: Dtype, name: str, channels: int) -> nn.Module:
+    """FrozenBatchNorm (ImageNet weights) or trainable GroupNorm (from scratch): 32 groups, or
+    2 channels per group below 64 channels (the narrow nets of ``width`` < 64)."""
     if norm == "frozen_bn":
         return FrozenBatchNorm(dtype=dtype, name=name)
     if norm == "group_norm":
-        return nn.GroupNorm(num_groups=GN_GROUPS, epsilon=BN_EPSILON, dtype=dtype, name=name)
+        groups = min(GN_GROUPS, max(channels // 2, 1))
+        return nn.GroupNorm(num_groups=groups, epsilon=BN_EPSILON, dtype=dtype, name=name)
     raise ValueError(f"model.backbone_options norm={norm!r}; choose one of {NORMS}")
 
 
@@ -86,13 +84,14 @@ class Bottleneck(nn.Module):
             Conv, use_bias=False, kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
         )
         norm = functools.partial(_norm_layer, self.norm, self.dtype)
-        y = nn.relu(norm("bn1")(conv(self.features, (1, 1), name="conv1")(x)))
+        out = self.features * 4
+        y = nn.relu(norm("bn1", self.features)(conv(self.features, (1, 1), name="conv1")(x)))
         y = conv(self.features, (3, 3), strides=self.strides, padding=_pad(3), name="conv2")(y)
-        y = nn.relu(norm("bn2")(y))
-        y = norm("bn3")(conv(self.features * 4, (1, 1), name="conv3")(y))
+        y = nn.relu(norm("bn2", self.features)(y))
+        y = norm("bn3", out)(conv(out, (1, 1), name="conv3")(y))
         if self.downsample:
-            x = conv(self.features * 4, (1, 1), strides=self.strides, name="downsample_conv")(x)
-            x = norm("downsample_bn")(x)
+            x = conv(out, (1, 1), strides=self.strides, name="downsample_conv")(x)
+            x = norm("downsample_bn", out)(x)
         return nn.relu(x + y)
 
 
@@ -111,8 +110,9 @@ class BasicBlock(nn.Module):
         conv = functools.partial(
             Conv, use_bias=False, padding=_pad(3), kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
         )
-        norm = functools.partial(_norm_layer, self.norm, self.dtype)
-        y = nn.relu(norm("bn1")(conv(self.features, (3, 3), strides=self.strides, name="conv1")(x)))
+        norm = functools.partial(_norm_layer, self.norm, self.dtype, channels=self.features)
+        y = conv(self.features, (3, 3), strides=self.strides, name="conv1")(x)
+        y = nn.relu(norm("bn1")(y))
         y = norm("bn2")(conv(self.features, (3, 3), name="conv2")(y))
         if self.downsample:
             x = Conv(
@@ -152,12 +152,16 @@ class ResNet(nn.Module):
       everything. None: 2 with "frozen_bn" (the stem and layer1, as torchvision and
       detectron2 fine-tune ImageNet weights), 0 with "group_norm" (detectron2's scratch GN
       recipe: a network that starts random has nothing worth freezing).
+    width: channels of the stem and layer1 (64: torchvision's); layer k has width x 2^(k-1)
+      (x4 for bottlenecks). 32 makes a ResNet-18 about 4x cheaper, for CPUs; only 64 takes
+      ImageNet weights.
     """
 
     stage_sizes: Sequence[int]
     block: str = "bottleneck"
     norm: str = "frozen_bn"
     freeze_at: int | None = None
+    width: int = 64
     dtype: Dtype = jnp.float32
 
     @property
@@ -178,7 +182,7 @@ class ResNet(nn.Module):
         freeze_at = self.frozen_at
         resnet_frozen_prefixes(freeze_at)  # validates
         x = Conv(
-            64,
+            self.width,
             (7, 7),
             strides=2,
             padding=_pad(7),
@@ -187,14 +191,14 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             name="conv1",
         )(x)
-        x = nn.relu(_norm_layer(self.norm, self.dtype, "bn1")(x))
+        x = nn.relu(_norm_layer(self.norm, self.dtype, "bn1", self.width)(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
         if freeze_at == 1:
             x = jax.lax.stop_gradient(x)
         outputs = []
-        in_features = 64
+        in_features = self.width
         for stage, num_blocks in enumerate(self.stage_sizes):
-            features = 64 * 2**stage
+            features = self.width * 2**stage
             for block in range(num_blocks):
                 strides = 2 if stage > 0 and block == 0 else 1
                 x = block_class(
@@ -242,7 +246,7 @@ class FPN(nn.Module):
         )
         if self.norm is None:
             return conv
-        norm = _norm_layer(self.norm, self.dtype, f"{name}_norm")
+        norm = _norm_layer(self.norm, self.dtype, f"{name}_norm", self.channels)
         return lambda x: norm(conv(x))
 
     @nn.compact
@@ -257,19 +261,22 @@ class FPN(nn.Module):
 
 
 class ResNetFPN(nn.Module):
-    """ResNet + FPN: P2..P6 at strides 4..64, C = 256.
+    """ResNet + FPN: P2..P6 at strides 4..64, C = ``channels`` (256 as the references).
 
-    block, norm, freeze_at: the ResNet's (see ``ResNet``). With norm="group_norm" the FPN
+    block, norm, freeze_at, width: the ResNet's (see ``ResNet``). With norm="group_norm" the FPN
     convs are GroupNorm-ed too (detectron2's scratch recipe); with "frozen_bn" it has none.
+    channels: the pyramid's width; 128 quarters the cost of the FPN and RPN convs (most of a
+    ResNet-18-FPN's work at P2) for CPU training (a multiple of 32 with GroupNorm).
     """
 
     stage_sizes: Sequence[int] = (3, 4, 6, 3)
     block: str = "bottleneck"
     norm: str = "frozen_bn"
     freeze_at: int | None = None
+    width: int = 64
+    channels: int = 256
     dtype: Dtype = jnp.float32
     strides = (4, 8, 16, 32, 64)
-    channels = 256
 
     def _resnet(self, **kwargs) -> ResNet:
         return ResNet(
@@ -277,6 +284,7 @@ class ResNetFPN(nn.Module):
             block=self.block,
             norm=self.norm,
             freeze_at=self.freeze_at,
+            width=self.width,
             dtype=self.dtype,
             **kwargs,
         )
