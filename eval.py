@@ -17,7 +17,9 @@ from frcnn_jax import host_memory
 if __name__ == "__main__":  # before JAX starts its threads: faster CPU inference (host_memory.py)
     host_memory.tune_malloc()
 
-from frcnn_jax import evaluate_run, restore  # noqa: E402
+from frcnn_jax import cli, workdir  # noqa: E402
+from frcnn_jax.data import DataError  # noqa: E402
+from frcnn_jax.evaluation import run  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/synthetic.py", "The training configuration.")
@@ -31,10 +33,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     try:
-        evaluate_run.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, step=FLAGS.checkpoint)
-    except restore.WorkdirError as e:
+        run.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, step=FLAGS.checkpoint)
+    except (workdir.WorkdirError, DataError) as e:
         sys.exit(f"eval.py: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

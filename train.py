@@ -6,10 +6,14 @@ Any config field can be overridden, e.g. ``--config.batch_size=16``. Training
 resumes from the latest checkpoint in ``--workdir``.
 """
 
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from frcnn_jax import train_loop
+from frcnn_jax import cli
+from frcnn_jax.data import DataError
+from frcnn_jax.training import loop
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Training configuration file.")
@@ -21,8 +25,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.INFO)
-    train_loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except DataError as e:  # the user's dataset: one line naming the file, not a traceback
+        sys.exit(f"train.py: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

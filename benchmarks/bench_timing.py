@@ -1,4 +1,4 @@
-"""Step timing shared by both sides of the benchmarks; needs neither JAX nor torch.
+"""Step timing and figures shared by both sides of the benchmarks; needs neither JAX nor torch.
 
 torch_detection.py runs in a Python that may hold only torch, torchvision and
 numpy (``--torch_python``), so what both sides measure with lives here.
@@ -39,3 +39,14 @@ def time_steps(run_step, sync, *, warmup: int, steps: int) -> dict[str, float]:
 
 def max_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB"
+
+
+def mfu(result: dict) -> str:
+    """Model FLOPs utilisation of a result dict as "12.3%" ("n/a" without a FLOP count)."""
+    if result["flops"] <= 0:
+        return "n/a"
+    return f"{100 * result['flops'] / result['median_s'] / result['matmul_flops_per_s']:.1f}%"

@@ -1,24 +1,15 @@
-"""Shared pieces of train_bench.py and infer_bench.py: flags, synthetic batches, timing, reports.
+"""Shared command line of train_bench.py and infer_bench.py: flags, batches, reports.
 
 Shape shorthand: B batch, H, W image size, G max gt boxes.
 
-Timing rules (both benchmarks, both libraries): every step is waited on
-(``block_until_ready`` / ``torch.cuda.synchronize``); the figure is the median
-step time after the warm-up steps. "Pipelined" figures run the timed steps
-back to back and wait once at the end, as a training loop does. Model FLOPs
-utilisation (MFU) is achieved FLOP/s over the rate of one large dense matmul
-of the compute dtype, measured on the same device in the same run.
+How both sides are measured: bench_lib.py (timing rules, MFU). This module holds what
+reads the flags; the flag-free pieces live in bench_lib.py (also used by gpu_suite.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import platform
-import subprocess
 import sys
-import tempfile
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Run as a script from anywhere: the package and configs/ live in the repository root.
@@ -31,11 +22,9 @@ from frcnn_jax import host_memory  # noqa: E402
 # tune (inference), train.py does not. FRCNN_JAX_TUNE_MALLOC=0/1 overrides; see host_memory.py.
 MALLOC_TUNED = host_memory.tune_malloc(default=os.path.basename(sys.argv[0]) == "infer_bench.py")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import bench_lib  # noqa: E402
 from absl import flags  # noqa: E402
-from bench_timing import TORCH_MARKER, max_rss_bytes, time_steps  # noqa: E402, F401 (re-exported)
+from bench_lib import device_description, gib, mfu, versions  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -64,118 +53,30 @@ def image_size(config) -> tuple[int, int]:
     return (config.data.min_size, config.data.max_size)
 
 
-# The data pipeline pads every batch to a bucket whose sides are multiples of 32.
-PAD_MULTIPLE = 32
+def synthetic_batches(config, *, batch_size: int, size: tuple[int, int]) -> list[dict]:
+    """Two random batches of one shape (``bench_lib.synthetic_batches``) for this config."""
+    return bench_lib.synthetic_batches(
+        batch_size=batch_size,
+        size=size,
+        max_boxes=config.data.max_boxes,
+        num_classes=FLAGS.num_classes,
+    )
 
 
-def synthetic_batch(
-    seed: int, *, batch_size: int, height: int, width: int, max_boxes: int, num_classes: int
-) -> dict[str, np.ndarray]:
-    """A random training batch in the data contract's layout.
-
-    Images of ``height`` x ``width`` zero-padded at the bottom and right to the
-    next multiples of 32 (Hb, Wb), as the pipeline's buckets: ``images`` uint8
-    [B, Hb, Wb, 3]; ``image_sizes`` int32 [B, 2] = (height, width);
-    ``gt_boxes`` float32 [B, G, 4] (ymin, xmin, ymax, xmax) pixels, 1..min(G, 6)
-    real boxes of 10%..60% of the image side; ``gt_labels`` int32 [B, G];
-    ``gt_mask`` bool [B, G].
-    """
-    rng = np.random.default_rng(seed)
-    padded = [-(-side // PAD_MULTIPLE) * PAD_MULTIPLE for side in (height, width)]
-    images = np.zeros((batch_size, *padded, 3), np.uint8)
-    images[:, :height, :width] = rng.integers(0, 256, (batch_size, height, width, 3))
-    sides = np.array([height, width, height, width], np.float32)
-    sizes = rng.uniform(0.1, 0.6, (batch_size, max_boxes, 2))
-    starts = rng.uniform(0.0, 1.0 - sizes)
-    boxes = np.concatenate([starts, starts + sizes], axis=-1) * sides  # [B, G, 4]
-    counts = rng.integers(1, min(max_boxes, 6) + 1, batch_size)
-    mask = np.arange(max_boxes)[None, :] < counts[:, None]
-    return {
-        "images": images,
-        "image_sizes": np.tile(np.array([[height, width]], np.int32), (batch_size, 1)),
-        "gt_boxes": np.where(mask[..., None], boxes, 0.0).astype(np.float32),
-        "gt_labels": np.where(mask, rng.integers(0, num_classes, mask.shape), 0).astype(np.int32),
-        "gt_mask": mask,
-    }
-
-
-def synthetic_batches(
-    config, *, batch_size: int, size: tuple[int, int]
-) -> list[dict[str, np.ndarray]]:
-    """Two :func:`synthetic_batch` batches of one shape (steps alternate them: no recompile)."""
-    return [
-        synthetic_batch(
-            i,
-            batch_size=batch_size,
-            height=size[0],
-            width=size[1],
-            max_boxes=config.data.max_boxes,
-            num_classes=FLAGS.num_classes,
-        )
-        for i in range(2)
-    ]
-
-
-def jax_peak_memory() -> tuple[int, str]:
-    """(bytes, what was measured): device peak where the backend reports it, else process RSS."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"], "device peak_bytes_in_use"
-    return max_rss_bytes(), "process max RSS"
-
-
-def jax_matmul_rate(dtype, size: int | None = None) -> tuple[float, int]:
-    """(FLOP/s, n) of an n x n x n matmul in ``dtype`` on the default device."""
-    n = size or FLAGS.matmul_size or (1024 if jax.default_backend() == "cpu" else 8192)
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-    matmul = jax.jit(jnp.matmul)
-    seconds = time_steps(lambda i: matmul(a, b), jax.block_until_ready, warmup=2, steps=5)
-    return 2 * n**3 / seconds["median_s"], n
-
-
-def compiled_flops(compiled) -> float:
-    """XLA's FLOP count of a compiled program (0 where the backend reports none)."""
-    cost = compiled.cost_analysis()
-    if isinstance(cost, list | tuple):
-        cost = cost[0] if cost else {}
-    return float((cost or {}).get("flops", 0.0))
-
-
-def jax_result(config, compiled, *, compile_s: float, timing: dict[str, float]) -> dict:
-    """Our figures for :func:`report` from an ahead-of-time ``compiled`` step.
-
-    Adds to ``timing`` (from :func:`time_steps`) and ``compile_s`` the peak memory, XLA's FLOP
-    count of ``compiled`` and the measured matmul rate of config.model.dtype.
-    """
-    dtype = jnp.bfloat16 if config.model.dtype == "bfloat16" else jnp.float32
-    rate, n = jax_matmul_rate(dtype)
-    peak, peak_what = jax_peak_memory()
-    return {
-        **timing,
-        "compile_s": compile_s,
-        "peak_bytes": peak,
-        "peak_what": peak_what,
-        "flops": compiled_flops(compiled),
-        "flops_what": "XLA cost analysis",
-        "matmul_flops_per_s": rate,
-        "matmul_what": f"{config.model.dtype} {n}^3",
-    }
-
-
-def versions() -> str:
-    import flax  # noqa: PLC0415
-
-    return f"python {platform.python_version()}, jax {jax.__version__}, flax {flax.__version__}"
-
-
-def device_description() -> str:
-    devices = jax.devices()
-    return f"{jax.default_backend()} x{len(devices)} ({devices[0].device_kind}), {platform.node()}"
-
-
-def _gib(num_bytes: float) -> str:
-    return f"{num_bytes / 2**30:.2f} GiB"
+def run_torch(model, batches: list[dict], size, *, compute_dtype: str, training: bool) -> dict:
+    """``bench_lib.run_torch`` with the flags' steps, matmul size, Python and our allocator."""
+    return bench_lib.run_torch(
+        model,
+        batches,
+        size,
+        compute_dtype=compute_dtype,
+        training=training,
+        warmup=FLAGS.warmup,
+        steps=FLAGS.steps,
+        matmul_size=FLAGS.matmul_size,
+        torch_python=FLAGS.torch_python,
+        malloc_tuned=MALLOC_TUNED,
+    )
 
 
 def report(name: str, result: dict, batch_size: int) -> None:
@@ -195,16 +96,15 @@ def report(name: str, result: dict, batch_size: int) -> None:
         f"pipelined images/s: {batch_size / result['pipelined_s']:.3f} "
         f"({FLAGS.steps} steps, one sync)"
     )
-    print(f"peak memory: {_gib(result['peak_bytes'])} ({result['peak_what']})")
+    print(f"peak memory: {gib(result['peak_bytes'])} ({result['peak_what']})")
     flops, rate = result["flops"], result["matmul_flops_per_s"]
     if flops > 0:
-        achieved = flops / result["median_s"]
         print(
             f"FLOPs per step: {flops:.3e} ({result['flops_what']}); achieved "
-            f"{achieved / 1e12:.3f} TFLOP/s"
+            f"{flops / result['median_s'] / 1e12:.3f} TFLOP/s"
         )
         print(
-            f"MFU: {100 * achieved / rate:.1f}% of a measured {result['matmul_what']} "
+            f"MFU: {mfu(result)} of a measured {result['matmul_what']} "
             f"matmul rate of {rate / 1e12:.3f} TFLOP/s"
         )
     else:
@@ -241,63 +141,12 @@ def report_ratio(ours: dict, theirs: dict) -> None:
     )
 
 
-def run_torch(
-    model, batches: list[dict], size: tuple[int, int], *, compute_dtype: str, training: bool
-) -> dict:
-    """torchvision's figures on the same batches, from torch_detection.py in a subprocess.
-
-    Returns its JSON result, or ``{"error": why}`` where torchvision cannot load
-    or run. A separate process keeps torch's and JAX's device memory (JAX
-    preallocates) and peak-RSS figures apart, lets ``--torch_python`` point at
-    another environment, and a torchvision that cannot load (a CUDA build next
-    to a CPU torch: its compiled nms/roi_align are missing) cannot crash us.
-    """
-    spec = {
-        # Every field of our FasterRCNN module that JSON can carry (tuples become lists).
-        "model": {
-            f.name: getattr(model, f.name)
-            for f in dataclasses.fields(model)
-            if isinstance(getattr(model, f.name), int | float | str | tuple)
-        },
-        "image_size": list(size),
-        "compute_dtype": compute_dtype,
-        "training": training,
-        "warmup": FLAGS.warmup,
-        "steps": FLAGS.steps,
-        "matmul_size": FLAGS.matmul_size,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path, batches_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "batches.npz")
-        with open(spec_path, "w") as f:
-            json.dump(spec, f)
-        arrays = {f"{i}/{k}": v for i, batch in enumerate(batches) for k, v in batch.items()}
-        np.savez(batches_path, **arrays)
-        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_detection.py")
-        python = FLAGS.torch_python or sys.executable
-        try:
-            proc = subprocess.run(
-                [python, script, spec_path, batches_path],
-                capture_output=True,
-                text=True,
-                # Same hardware, same allocator: torch gets the malloc settings ours runs with.
-                env={**os.environ, **(host_memory.GLIBC_ENV if MALLOC_TUNED else {})},
-            )
-        except OSError as e:
-            return {"error": f"--torch_python={python!r} cannot run: {e}"}
-    for line in proc.stdout.splitlines():
-        if line.startswith(TORCH_MARKER):
-            return json.loads(line[len(TORCH_MARKER) :])
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    why = lines[-1] if lines else f"exit status {proc.returncode}, no output"
-    return {"error": f"torchvision cannot run: {why}"}
-
-
 def print_header(bench: str, config, batch_size: int, size: tuple[int, int]) -> None:
     print(
         f"{bench} benchmark: backbone={config.model.backbone} dtype={config.model.dtype} "
         f"batch={batch_size} image={size[0]}x{size[1]} num_classes={FLAGS.num_classes}"
     )
-    padded = [-(-side // PAD_MULTIPLE) * PAD_MULTIPLE for side in size]
+    padded = bench_lib.padded_size(size)
     print(f"padded to {padded[0]}x{padded[1]} (the pipeline's buckets); torchvision pads itself")
     print(f"device: {device_description()}; {versions()}")
     print(f"host malloc tuned (frcnn_jax.host_memory): {MALLOC_TUNED}")
@@ -315,15 +164,10 @@ def print_markdown_rows(
     for name, r in rows:
         if "error" in r:
             continue
-        mfu = (
-            f"{100 * r['flops'] / r['median_s'] / r['matmul_flops_per_s']:.1f}%"
-            if r["flops"] > 0
-            else "n/a"
-        )
         first = r.get("compile_s", r.get("first_step_s"))
         print(
             f"markdown: | {bench} | {name} | {config.model.backbone} | {config.model.dtype} | "
             f"{batch_size} | {size[0]}x{size[1]} | {first:.1f} | "
             f"{batch_size / r['median_s']:.3g} | {batch_size / r['pipelined_s']:.3g} | "
-            f"{_gib(r['peak_bytes'])} | {mfu} |"
+            f"{gib(r['peak_bytes'])} | {mfu(r)} |"
         )

@@ -6,7 +6,7 @@ Run:
   python benchmarks/infer_bench.py --config=configs/synthetic.py --batch_size=2 \
     --image_size=64 --steps=3 --warmup=1      # a CPU smoke run in seconds
 
-Ours is ``eval_lib.make_predict_fn`` (backbone, RPN, 6000 -> 300 proposals,
+Ours is ``inference.predict_fn.make_predict_fn`` (backbone, RPN, 6000 -> 300 proposals,
 RoI head, per-class NMS, fixed-shape padded detections), compiled once ahead of
 time, on one device, with random images already on the device. ``--torch``
 runs torchvision's model in eval mode (inference_mode) in a subprocess first.
@@ -15,34 +15,26 @@ Printed figures as in train_bench.py.
 
 from __future__ import annotations
 
-import time
+import bench_util  # first: it tunes malloc before JAX starts
 
-import bench_util
-import jax
+# isort: split
+import bench_models
+import jax_detection
 from absl import app
-
-from frcnn_jax import eval_lib, train_lib
 
 FLAGS = bench_util.FLAGS
 
 
 def run_ours(config, model, host_batches: list[dict]) -> dict:
-    """Compiles and times the predict function; a bench_util result dict."""
-    variables = train_lib.init_variables(model, jax.random.key(config.seed))
-    batches = [jax.device_put((b["images"], b["image_sizes"])) for b in host_batches]
-    predict = eval_lib.make_predict_fn(model)
-
-    start = time.perf_counter()
-    compiled = predict.lower(variables, *batches[0]).compile()
-    compile_s = time.perf_counter() - start
-
-    def run_step(i):
-        return compiled(variables, *batches[i % len(batches)])
-
-    timing = bench_util.time_steps(
-        run_step, jax.block_until_ready, warmup=FLAGS.warmup, steps=FLAGS.steps
+    """Compiles and times the predict function; a bench_lib result dict."""
+    return jax_detection.run_infer(
+        config,
+        model,
+        host_batches,
+        warmup=FLAGS.warmup,
+        steps=FLAGS.steps,
+        matmul_size=FLAGS.matmul_size,
     )
-    return bench_util.jax_result(config, compiled, compile_s=compile_s, timing=timing)
 
 
 def main(argv):
@@ -51,7 +43,7 @@ def main(argv):
     config = FLAGS.config
     batch_size = FLAGS.batch_size or config.eval_batch_size
     size = bench_util.image_size(config)
-    model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
+    model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=batch_size, size=size)
     bench_util.print_header("inference", config, batch_size, size)
     theirs = (

@@ -25,7 +25,10 @@ from ml_collections import config_flags
 # `python benchmarks/input_bench.py --config=configs/...`: the configs import `configs`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from frcnn_jax import data, train_lib  # noqa: E402
+from frcnn_jax import data  # noqa: E402
+from frcnn_jax.models import build_model, init_variables  # noqa: E402
+from frcnn_jax.training import sharding  # noqa: E402
+from frcnn_jax.training.step import create_train_state  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to read; default config.data.train_split.")
@@ -46,16 +49,14 @@ _TRAIN_STEP = flags.DEFINE_integer(
 
 def _train_step_rate(config, batches, batch_size, steps):
     """Images/s the jitted train step consumes on pipeline batches (after one compiling step)."""
-    model = train_lib.build_model(config.model, num_classes=len(data.get_class_names(config.data)))
-    state, _ = train_lib.create_train_state(
-        config, model, train_lib.init_variables(model, jax.random.key(0))
-    )
-    mesh = train_lib.make_mesh()
-    step_fn = train_lib.jit_train_step(mesh)
-    state = train_lib.replicate(state, mesh)
+    model = build_model(config.model, num_classes=len(data.get_class_names(config.data)))
+    state, _ = create_train_state(config, model, init_variables(model, jax.random.key(0)))
+    mesh = sharding.make_mesh()
+    step_fn = sharding.jit_train_step(mesh)
+    state = sharding.replicate(state, mesh)
     rates, compiled = [], set()
     for i in range(steps + 1):
-        batch = train_lib.shard_batch(next(batches), mesh)
+        batch = sharding.shard_batch(next(batches), mesh)
         shape = batch["images"].shape
         start = time.perf_counter()
         state, metrics = step_fn(state, batch, jax.random.key(i))

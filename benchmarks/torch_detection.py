@@ -1,7 +1,7 @@
 """torchvision's Faster R-CNN configured like ours, for the side-by-side benchmarks.
 
-Run by train_bench.py / infer_bench.py ``--torch`` as
-``PYTHON torch_detection.py SPEC.json BATCHES.npz`` (``bench_util.run_torch``
+Run by train_bench.py / infer_bench.py ``--torch`` and gpu_suite.py as
+``PYTHON torch_detection.py SPEC.json BATCHES.npz`` (``bench_lib.run_torch``
 writes both): it needs only torch, torchvision and numpy, never JAX, so
 ``--torch_python`` may name another environment. It prints its figures as JSON
 after ``TORCH_MARKER``. The torchvision model takes our model's settings (the
@@ -54,32 +54,32 @@ def build_model(ours, image_size: tuple[int, int]) -> torch.nn.Module:
     k = ours.num_classes + 1
     settings = dict(
         min_size=min(image_size), max_size=max(image_size),
-        rpn_pre_nms_top_n_train=ours.train_pre_nms_top_n,
-        rpn_post_nms_top_n_train=ours.train_post_nms_top_n,
-        rpn_pre_nms_top_n_test=ours.test_pre_nms_top_n,
-        rpn_post_nms_top_n_test=ours.test_post_nms_top_n,
-        rpn_nms_thresh=ours.rpn_nms_threshold, rpn_fg_iou_thresh=ours.rpn_positive_iou,
-        rpn_bg_iou_thresh=ours.rpn_negative_iou, rpn_batch_size_per_image=ours.rpn_num_samples,
-        rpn_positive_fraction=ours.rpn_positive_fraction,
-        box_fg_iou_thresh=ours.roi_positive_iou, box_bg_iou_thresh=ours.roi_negative_iou[1],
-        box_batch_size_per_image=ours.roi_num_samples,
-        box_positive_fraction=ours.roi_positive_fraction,
-        box_score_thresh=ours.score_threshold, box_nms_thresh=ours.nms_threshold,
-        box_detections_per_img=ours.max_detections,
+        rpn_pre_nms_top_n_train=ours.rpn.pre_nms_top_n,
+        rpn_post_nms_top_n_train=ours.rpn.post_nms_top_n,
+        rpn_pre_nms_top_n_test=ours.test.pre_nms_top_n,
+        rpn_post_nms_top_n_test=ours.test.post_nms_top_n,
+        rpn_nms_thresh=ours.rpn.nms_iou, rpn_fg_iou_thresh=ours.rpn.positive_iou,
+        rpn_bg_iou_thresh=ours.rpn.negative_iou, rpn_batch_size_per_image=ours.rpn.num_samples,
+        rpn_positive_fraction=ours.rpn.positive_fraction,
+        box_fg_iou_thresh=ours.roi.positive_iou, box_bg_iou_thresh=ours.roi.negative_iou[1],
+        box_batch_size_per_image=ours.roi.num_samples,
+        box_positive_fraction=ours.roi.positive_fraction,
+        box_score_thresh=ours.test.score_threshold, box_nms_thresh=ours.test.nms_iou,
+        box_detections_per_img=ours.test.max_detections,
     )  # fmt: skip
-    p = ours.roi_output_size
+    p = ours.roi.output_size
     if ours.backbone == "vgg16":
         backbone = torchvision.models.vgg16(weights=None).features[:-1]  # conv5_3, stride 16
         backbone.out_channels = 512
         for weight in backbone[:10].parameters():  # conv1_1..conv2_2 frozen, as ours and the seed
             weight.requires_grad_(False)
         anchors = AnchorGenerator(
-            sizes=(tuple(16 * s for s in ours.anchor_scales),),
-            aspect_ratios=(tuple(ours.anchor_ratios),),
+            sizes=(tuple(ours.anchors.sizes),),
+            aspect_ratios=(tuple(ours.anchors.ratios),),
         )
         pool = (
             _RoIPool(p, 1 / 16)
-            if ours.roi_op == "pool"
+            if ours.roi.op == "pool"
             else MultiScaleRoIAlign(["0"], p, sampling_ratio=2)
         )
     elif ours.backbone in ("resnet50_fpn", "resnet101_fpn"):
@@ -87,13 +87,13 @@ def build_model(ours, image_size: tuple[int, int]) -> torch.nn.Module:
             backbone_name=ours.backbone.removesuffix("_fpn"), weights=None, trainable_layers=3
         )
         anchors = AnchorGenerator(
-            sizes=tuple((s,) for s in ours.fpn_anchor_sizes),
-            aspect_ratios=(tuple(ours.anchor_ratios),) * 5,
+            sizes=tuple((s,) for s in ours.anchors.sizes),
+            aspect_ratios=(tuple(ours.anchors.ratios),) * 5,
         )
         pool = MultiScaleRoIAlign(["0", "1", "2", "3"], p, sampling_ratio=2)
     else:
         raise ValueError(f"no torchvision counterpart of model.backbone={ours.backbone!r}")
-    hidden = tuple(ours.roi_hidden)
+    hidden = tuple(ours.roi.hidden)
     if len(set(hidden)) != 1 or len(hidden) != 2:
         raise ValueError(f"torchvision's TwoMLPHead needs two equal widths, got {hidden}")
     return FasterRCNN(
@@ -120,7 +120,7 @@ def _inputs(batch: dict, device) -> tuple[list, list]:
         targets.append(
             {
                 "boxes": torch.from_numpy(np.ascontiguousarray(boxes)).to(device),
-                "labels": torch.from_numpy(batch["gt_labels"][i][mask] + 1).long().to(device),
+                "labels": torch.from_numpy(batch["gt_classes"][i][mask] + 1).long().to(device),
             }
         )
     return images, targets
@@ -150,7 +150,7 @@ def run(
     steps: int,
     matmul_size: int | None = None,
 ) -> dict:
-    """Times torchvision's model on ``batches`` (our synthetic layout); a bench_util result dict.
+    """Times torchvision's model on ``batches`` (our synthetic layout); a bench_lib result dict.
 
     ``ours`` has our FasterRCNN module's field names as attributes. ``compute_dtype``
     "bfloat16" runs under ``torch.autocast`` (float32 weights, as ours).
@@ -197,7 +197,8 @@ def run(
         "flops_what": "torch FlopCounterMode; nms/roi ops not counted",
         "matmul_flops_per_s": rate,
         "matmul_what": f"{dtype or torch.float32} {n}^3",
-        "versions": f"torch {torch.__version__}, torchvision {torchvision.__version__}",
+        "versions": f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
+        f"torchvision {torchvision.__version__}",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
     }
 
@@ -211,7 +212,12 @@ def main(spec_path: str, batches_path: str) -> None:
             index, name = key.split("/")
             batches.setdefault(int(index), {})[name] = arrays[key]
     result = run(
-        SimpleNamespace(**spec["model"]),
+        SimpleNamespace(
+            **{
+                k: SimpleNamespace(**v) if isinstance(v, dict) else v
+                for k, v in spec["model"].items()
+            }
+        ),
         [batches[i] for i in sorted(batches)],
         tuple(spec["image_size"]),
         compute_dtype=spec["compute_dtype"],
@@ -225,5 +231,5 @@ def main(spec_path: str, batches_path: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit(f"usage: {sys.argv[0]} SPEC.json BATCHES.npz (written by bench_util.run_torch)")
+        sys.exit(f"usage: {sys.argv[0]} SPEC.json BATCHES.npz (written by bench_lib.run_torch)")
     main(*sys.argv[1:])

@@ -6,7 +6,7 @@ Run:
   python benchmarks/train_bench.py --config=configs/synthetic.py --batch_size=2 \
     --image_size=64 --steps=3 --warmup=1      # a CPU smoke run in seconds
 
-Ours is ``train_lib.jit_train_step`` on the default mesh (all devices, batch
+Ours is ``training.sharding.jit_train_step`` on the default mesh (all devices, batch
 sharded, state donated) with the real config, compiled once ahead of time;
 batches are random images and boxes already on the device (two alternating
 batches of one shape, so nothing recompiles). Any config field can be
@@ -14,54 +14,34 @@ overridden (``--config.model.dtype=bfloat16``). ``--torch`` first runs
 torchvision's model in a subprocess (see torch_detection.py) and prints the
 ratio ours/theirs. Printed: compile time, steady images/s (median of synchronised
 steps after warm-up), pipelined images/s, peak memory, FLOPs and MFU (see
-bench_util.py), and RESULTS.md table rows.
+bench_lib.py), and RESULTS.md table rows.
 """
 
 from __future__ import annotations
 
-import time
+import bench_util  # first: it tunes malloc before JAX starts
 
-import bench_util
-import jax
-import numpy as np
+# isort: split
+import bench_models
+import jax_detection
 from absl import app
-
-from frcnn_jax import train_lib
 
 FLAGS = bench_util.FLAGS
 
 
 def run_ours(config, model, host_batches: list[dict]) -> dict:
-    """Compiles and times ``jit_train_step``; a bench_util result dict."""
-    variables = train_lib.init_variables(model, jax.random.key(config.seed))
-    state, _ = train_lib.create_train_state(config, model, variables)
-    mesh = train_lib.make_mesh()
-    if config.batch_size % mesh.size:
-        raise app.UsageError(
-            f"--batch_size={config.batch_size} is not divisible by the {mesh.size} devices"
+    """Compiles and times the data-parallel train step; a bench_lib result dict."""
+    try:
+        return jax_detection.run_train(
+            config,
+            model,
+            host_batches,
+            warmup=FLAGS.warmup,
+            steps=FLAGS.steps,
+            matmul_size=FLAGS.matmul_size,
         )
-    state = train_lib.replicate(state, mesh)
-    batches = [train_lib.shard_batch(b, mesh) for b in host_batches]
-    root = jax.random.key(config.seed)
-    keys = [jax.random.fold_in(root, i) for i in range(FLAGS.warmup + 2 * FLAGS.steps)]
-    step_fn = train_lib.jit_train_step(mesh)
-
-    start = time.perf_counter()
-    compiled = step_fn.lower(state, batches[0], keys[0]).compile()
-    compile_s = time.perf_counter() - start
-    holder = {"state": state}
-
-    def run_step(i):
-        holder["state"], metrics = compiled(holder["state"], batches[i % len(batches)], keys[i])
-        return metrics
-
-    timing = bench_util.time_steps(
-        run_step, jax.block_until_ready, warmup=FLAGS.warmup, steps=FLAGS.steps
-    )
-    loss = float(run_step(0)["total"])
-    if not np.isfinite(loss):
-        raise FloatingPointError(f"non-finite loss {loss} on random data")
-    return bench_util.jax_result(config, compiled, compile_s=compile_s, timing=timing)
+    except ValueError as e:
+        raise app.UsageError(f"--batch_size: {e}") from e
 
 
 def main(argv):
@@ -71,7 +51,7 @@ def main(argv):
     if FLAGS.batch_size:
         config.batch_size = FLAGS.batch_size
     size = bench_util.image_size(config)
-    model = train_lib.build_model(config.model, num_classes=FLAGS.num_classes)
+    model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=config.batch_size, size=size)
     bench_util.print_header("train", config, config.batch_size, size)
     # torchvision first, in its own process, while JAX holds no device memory yet.

@@ -3,14 +3,9 @@
 Not meant to be run directly; the runnable configs import it and override fields.
 """
 
-import dataclasses
-
 import ml_collections
 
-from frcnn_jax.models.faster_rcnn import FasterRCNN
-
-# Set per run (num_classes from the data, dtype as a string) or internal to Flax.
-_NOT_CONFIG_FIELDS = ("num_classes", "dtype", "parent", "name")
+from frcnn_jax.models import build
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -22,9 +17,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.learning_rate = 1e-3
     config.reference_batch_size = 1
     config.momentum = 0.9
-    config.weight_decay = 5e-4
+    config.weight_decay = 5e-4  # VGG16's; 1e-4 for ResNet-FPN (torchvision, detectron2)
+    config.bias_lr_factor = 1.0  # biases (and GroupNorm scales) learn at this x lr; the seed: 2
     config.warmup_steps = 500
     config.lr_decay_steps = (45_000,)  # x0.1 after 9 of 14 epochs of VOC07 trainval
+    # A schedule in epochs (frcnn_jax/training/schedule.py): when num_epochs is set, the run's
+    # steps, lr_decay_steps (from lr_decay_epochs) and, with warmup_epochs, warmup_steps are
+    # computed from the number of training images and batch_size at start (and logged); the
+    # step fields above are then ignored. None: the step fields are used as they are.
+    config.num_epochs = ml_collections.config_dict.placeholder(float)
+    config.lr_decay_epochs = ()
+    config.warmup_epochs = ml_collections.config_dict.placeholder(float)
     config.log_every_steps = 50
     config.checkpoint_every_steps = 5_000
     config.keep_checkpoints = 3
@@ -32,17 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 8
     config.distributed = False  # jax.distributed.initialize() for multi-host runs
 
-    config.model = ml_collections.ConfigDict()
-    # Every FasterRCNN field with its default (anchors, proposal counts, sampling,
-    # thresholds...), so that any of them can be set with --config.model.FIELD=...
-    for field in dataclasses.fields(FasterRCNN):
-        if field.name not in _NOT_CONFIG_FIELDS and field.default is not dataclasses.MISSING:
-            config.model[field.name] = field.default
-    config.model.backbone = "vgg16"
-    config.model.pretrained = ""  # an .npz from `python -m frcnn_jax.convert_weights`
-    config.model.dtype = "float32"  # or "bfloat16" compute (parameters stay float32)
-    # Matches torchvision's ImageNet weights; "caffe" for Caffe-converted VGG16 weights.
-    config.model.normalization = "torchvision"
+    # backbone, backbone_options, image_normalization, dtype, pretrained, and the groups
+    # anchors.*, rpn.*, roi.*, test.* (frcnn_jax/models/options.py documents each field).
+    config.model = build.default_model_config()
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "tfds"
@@ -50,8 +45,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.train_split = "train+validation"
     config.data.eval_split = "test"
     config.data.tfds_data_dir = ml_collections.config_dict.placeholder(str)
-    config.data.root = ""
-    config.data.classes = ""
+    config.data.root = ""  # voc_dir: the folder in VOC layout
+    config.data.classes = ""  # voc_dir: "a,b,c"; empty: ROOT/classes.txt, else the XMLs' names
+    # coco_json: annotation files of data.train_split / data.eval_split, and the folder that
+    # each image's "file_name" is relative to.
+    config.data.train_annotations = ""
+    config.data.eval_annotations = ""
+    config.data.images = ""
     config.data.min_size = 600
     config.data.max_size = 1000
     config.data.max_boxes = 64

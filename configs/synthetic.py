@@ -25,20 +25,20 @@ def get_config():
     config.eval_batch_size = 16
 
     config.model.backbone = "small"
-    config.model.normalization = "torchvision"
+    config.model.backbone_options = {"widths": (32, 64, 128)}
+    config.model.image_normalization = "torchvision"
     # Stride 8 (three stages) and anchors of 24..88 px, the objects' sizes: at
     # stride 16 a 25 px object often has no anchor at IoU >= 0.7.
-    config.model.small_widths = (32, 64, 128)
-    config.model.anchor_scales = (3.0, 4.0, 6.0, 8.0, 11.0)
-    config.model.rpn_channels = 128
-    config.model.roi_hidden = (256, 256)
-    config.model.roi_op = "align"
-    config.model.rpn_min_size = 8.0
-    config.model.train_pre_nms_top_n = 1000
-    config.model.train_post_nms_top_n = 256
-    config.model.test_pre_nms_top_n = 600
-    config.model.test_post_nms_top_n = 100
-    config.model.roi_num_samples = 64
+    config.model.anchors.sizes = (24.0, 32.0, 48.0, 64.0, 88.0)
+    config.model.rpn.channels = 128
+    config.model.rpn.min_size = 8.0
+    config.model.rpn.pre_nms_top_n = 1000
+    config.model.rpn.post_nms_top_n = 256
+    config.model.roi.hidden = (256, 256)
+    config.model.roi.op = "align"
+    config.model.roi.num_samples = 64
+    config.model.test.pre_nms_top_n = 600
+    config.model.test.post_nms_top_n = 100
 
     config.data.name = "synthetic"
     config.data.train_split = "train"

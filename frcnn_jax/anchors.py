@@ -147,3 +147,48 @@ def pyramid_anchors(
         base = anchor_base(base_size=stride, ratios=ratios, scales=(size / stride,))
         levels.append(grid_anchors(base, stride, int(height), int(width)))
     return jnp.concatenate(levels, axis=0)
+
+
+# Which anchors the RPN trains (``anchor_targets(border_rule=...)``, ``model.rpn.border_rule``).
+BORDER_RULES = ("ignore_crossing", "train_crossing")
+
+
+def fully_inside(anchors: jnp.ndarray, image_size) -> jnp.ndarray:
+    """bool ``[A]``: the anchor lies inside ``[0, height] x [0, width]`` (the seed's
+    ``_get_inside_index``). ``image_size``: (height, width), Python numbers or a traced [2]."""
+    anchors = jnp.asarray(anchors, jnp.float32)
+    size = jnp.asarray(image_size, jnp.float32)
+    return (
+        (anchors[:, 0] >= 0)
+        & (anchors[:, 1] >= 0)
+        & (anchors[:, 2] <= size[0])
+        & (anchors[:, 3] <= size[1])
+    )
+
+
+def centred_in_image(anchors: jnp.ndarray, image_size) -> jnp.ndarray:
+    """bool ``[A]``: the anchor's centre lies in the image, ``[0, height) x [0, width)``, not
+    in the batch's zero padding (an anchor centred on the image's last edge is out: its
+    receptive field is half padding)."""
+    anchors = jnp.asarray(anchors, jnp.float32)
+    size = jnp.asarray(image_size, jnp.float32)
+    cy = (anchors[:, 0] + anchors[:, 2]) / 2.0
+    cx = (anchors[:, 1] + anchors[:, 3]) / 2.0
+    return (cy >= 0) & (cx >= 0) & (cy < size[0]) & (cx < size[1])
+
+
+def trainable_anchors(anchors: jnp.ndarray, image_size, *, border_rule: str) -> jnp.ndarray:
+    """bool ``[A]``: anchors that take part in RPN training under ``border_rule``.
+
+    "ignore_crossing" (the seed, py-faster-rcnn): only anchors fully inside the image; every
+    anchor that crosses the border is ignored, which for small images leaves few large anchors.
+    "train_crossing" (torchvision, detectron2's default BOUNDARY_THRESH=-1): anchors crossing
+    the border are trained too (their IoU with the gt boxes decides); only anchors centred in
+    the padding are left out, since they look at no image (torchvision and detectron2 keep
+    even those, as negatives).
+    """
+    if border_rule == "ignore_crossing":
+        return fully_inside(anchors, image_size)
+    if border_rule == "train_crossing":
+        return centred_in_image(anchors, image_size)
+    raise ValueError(f"model.rpn.border_rule={border_rule!r}; choose one of {BORDER_RULES}")

@@ -24,6 +24,12 @@ loop stops as soon as K boxes are kept or only invalid candidates remain. Work
 is about (candidates visited) x (boxes kept + T) IoUs; memory is O(T * T + N +
 K): no ``[N, N]`` (or ``[N, K]``) matrix is ever built.
 
+Two forms, chosen per platform at lowering (``lax.platform_dependent``), give
+the same result: on CPU, T = DEFAULT_TILE_SIZE and the kept boxes are checked
+in a loop over their filled ``[T, T]`` blocks; on accelerators, where each
+sequential step costs more than a large block, T = ACCELERATOR_TILE_SIZE and
+one ``[T, K]`` block checks the whole buffer.
+
 Both functions are ``jax.jit``-able (``max_output`` and ``tile_size`` static,
 ``iou_threshold`` may be a traced scalar) and ``jax.vmap``-able over images.
 They return indices, so they are not differentiated.
@@ -31,16 +37,24 @@ They return indices, so they are not differentiated.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from frcnn_jax.boxes import area
 
-# Tile of sorted candidates resolved per while-loop step: the tile of the TF
-# Model Garden and axlearn implementations, which keeps the number of sequential
-# steps low on accelerators (~24 for 12000 candidates). On CPU, where
-# sequential steps are cheap, tile_size=128 was ~1.5x faster for 12000 -> 2000.
+# Tile of sorted candidates resolved per while-loop step on CPU: the tile of the
+# TF Model Garden and axlearn implementations (on CPU, where sequential steps are
+# cheap, tile_size=128 was ~1.5x faster for 12000 -> 2000).
 DEFAULT_TILE_SIZE = 512
+# On accelerators every while-loop step costs kernel launches and a device-to-host
+# copy of the loop condition, while a [T, T] IoU block is cheap: bigger tiles, and
+# each tile checked against the whole output buffer at once instead of a loop over
+# its blocks. For 12000 proposals crowded around objects -> 2000 at IoU 0.7, the
+# sequential steps (tiles + kept-block checks + fixed-point iterations) go from
+# 24 + 57 + 40 to 6 + 0 + 15 (benchmarks/nms_steps.py).
+ACCELERATOR_TILE_SIZE = 2048
 
 
 def _resolve_tile(overlaps: jnp.ndarray, alive: jnp.ndarray) -> jnp.ndarray:
@@ -94,8 +108,12 @@ def _overlaps(boxes_a, classes_a, boxes_b, classes_b, iou_threshold) -> jnp.ndar
     return (iou > iou_threshold) & (classes_a[:, None] == classes_b[None, :])
 
 
-def _nms(boxes, scores, classes, valid, *, iou_threshold, max_output, tile_size):
-    """Shared body of ``nms`` and ``batched_nms``; ``classes`` may be None."""
+def _nms(boxes, scores, classes, valid, *, iou_threshold, max_output, tile_size, form=None):
+    """Shared body of ``nms`` and ``batched_nms``; ``classes`` may be None.
+
+    ``form``: "cpu" or "accelerator" forces that form (tests run both on CPU); None
+    picks it per platform at lowering (``lax.platform_dependent``).
+    """
     boxes = jnp.asarray(boxes, jnp.float32)
     scores = jnp.asarray(scores, jnp.float32)
     num_boxes = boxes.shape[0]
@@ -105,7 +123,7 @@ def _nms(boxes, scores, classes, valid, *, iou_threshold, max_output, tile_size)
         )
     if max_output < 1:
         raise ValueError(f"max_output must be >= 1, got {max_output}")
-    if tile_size < 1:
+    if tile_size is not None and tile_size < 1:
         raise ValueError(f"tile_size must be >= 1, got {tile_size}")
     if num_boxes == 0:
         return jnp.zeros((max_output,), jnp.int32), jnp.zeros((max_output,), bool)
@@ -119,40 +137,74 @@ def _nms(boxes, scores, classes, valid, *, iou_threshold, max_output, tile_size)
 
     # Stable descending sort; invalid candidates go last (-inf key).
     order = jnp.argsort(-jnp.where(ok, scores, -jnp.inf), stable=True).astype(jnp.int32)
-    num_valid = jnp.sum(ok)
+    sorted_ok = ok[order]
+    # Zeroing invalid rows keeps NaN/inf out of the IoU blocks.
+    sorted_boxes = jnp.where(sorted_ok[:, None], boxes[order], 0.0)
+    operands = (order, sorted_ok, sorted_boxes, classes[order], jnp.asarray(iou_threshold))
+    # The output never needs more rows than there are candidates.
+    capacity = min(max_output, num_boxes)
+    forms = {
+        "cpu": functools.partial(
+            _greedy_tiles, capacity=capacity, tile=tile_size or DEFAULT_TILE_SIZE, one_shot=False
+        ),
+        "accelerator": functools.partial(
+            _greedy_tiles,
+            capacity=capacity,
+            tile=tile_size or ACCELERATOR_TILE_SIZE,
+            one_shot=True,
+        ),
+    }
+    if form is None:
+        kept_idx, count = jax.lax.platform_dependent(
+            *operands, cpu=forms["cpu"], default=forms["accelerator"]
+        )
+    else:
+        kept_idx, count = forms[form](*operands)
+    kept_mask = jnp.arange(max_output) < count
+    kept_idx = jnp.pad(kept_idx, (0, max_output - capacity))
+    return kept_idx, kept_mask
 
-    tile = min(tile_size, num_boxes)
+
+def _greedy_tiles(order, sorted_ok, sorted_boxes, sorted_classes, iou_threshold, **options):
+    """The greedy loop over tiles of sorted candidates (module docstring).
+
+    Args: the candidates in score order (``order`` int32 ``[N]`` their input
+    indices, ``sorted_ok`` bool ``[N]``, ``sorted_boxes`` float32 ``[N, 4]``
+    zeroed where not ok, ``sorted_classes`` int32 ``[N]``) and the threshold.
+    Keyword options: ``capacity`` (static rows kept, <= N), ``tile`` (T) and
+    ``one_shot``: False checks each tile against the kept boxes one ``[T, T]``
+    block at a time, only over the filled blocks (work grows with the number
+    kept: CPU); True checks it against the whole ``[capacity]`` buffer in one
+    ``[T, capacity]`` block, without an inner loop (accelerators).
+
+    Returns:
+      ``(kept_idx, count)``: int32 ``[capacity]`` input indices of the kept
+      boxes, then padding; int32 number kept.
+    """
+    capacity, tile, one_shot = options["capacity"], options["tile"], options["one_shot"]
+    num_boxes = order.shape[0]
+    num_valid = jnp.sum(sorted_ok)
+    tile = min(tile, num_boxes)
     num_tiles = -(-num_boxes // tile)
     pad = num_tiles * tile - num_boxes
     # Padding rows are invalid zero boxes; they sit after every real candidate.
     order = jnp.pad(order, (0, pad))
-    sorted_ok = jnp.pad(ok[order[:num_boxes]], (0, pad))
-    # Zeroing invalid rows keeps NaN/inf out of the IoU blocks.
-    sorted_boxes = jnp.where(sorted_ok[:, None], boxes[order], 0.0)
-    sorted_classes = classes[order]
+    sorted_ok = jnp.pad(sorted_ok, (0, pad))
+    sorted_boxes = jnp.pad(sorted_boxes, ((0, pad), (0, 0)))
+    sorted_classes = jnp.pad(sorted_classes, (0, pad))
 
-    # Kept boxes go to a buffer of whole tiles, of which only the first
-    # ``capacity`` rows are used: the output never needs more rows than there
-    # are candidates.
-    capacity = min(max_output, num_boxes)
-    buffer_size = -(-capacity // tile) * tile
+    # Kept boxes go to a buffer of which only the first ``capacity`` rows are used
+    # (looped form: whole tiles, so that each block is one dynamic slice).
+    buffer_size = capacity if one_shot else -(-capacity // tile) * tile
     later = jnp.arange(tile)[:, None] < jnp.arange(tile)[None, :]  # [T, T] k before m
 
-    def cond(state):
-        t, count = state[0], state[1]
-        return (t < num_tiles) & (count < capacity) & (t * tile < num_valid)
+    def suppress_by_kept(alive, tile_boxes, tile_classes, count, kept_boxes, kept_classes):
+        if one_shot:
+            hits = _overlaps(tile_boxes, tile_classes, kept_boxes, kept_classes, iou_threshold)
+            filled = jnp.arange(buffer_size) < count  # [capacity]
+            return alive & ~jnp.any(hits & filled[None, :], axis=1)
 
-    def body(state):
-        t, count, kept_idx, kept_boxes, kept_classes = state
-        start = t * tile
-        tile_boxes = jax.lax.dynamic_slice_in_dim(sorted_boxes, start, tile)  # [T, 4]
-        tile_classes = jax.lax.dynamic_slice_in_dim(sorted_classes, start, tile)  # [T]
-        alive = jax.lax.dynamic_slice_in_dim(sorted_ok, start, tile)  # [T]
-        tile_idx = jax.lax.dynamic_slice_in_dim(order, start, tile)  # [T]
-
-        # Suppression by the boxes kept so far, one [T, T] block of the buffer
-        # at a time and only over its filled part: work grows with the number
-        # kept, not with the capacity.
+        # One [T, T] block of the buffer at a time and only over its filled part.
         def cross_body(cross_state):
             block, alive = cross_state
             block_start = block * tile
@@ -169,6 +221,20 @@ def _nms(boxes, scores, classes, valid, *, iou_threshold, max_output, tile_size)
         _, alive = jax.lax.while_loop(
             lambda s: s[0] * tile < count, cross_body, (jnp.array(0, jnp.int32), alive)
         )
+        return alive
+
+    def cond(state):
+        t, count = state[0], state[1]
+        return (t < num_tiles) & (count < capacity) & (t * tile < num_valid)
+
+    def body(state):
+        t, count, kept_idx, kept_boxes, kept_classes = state
+        start = t * tile
+        tile_boxes = jax.lax.dynamic_slice_in_dim(sorted_boxes, start, tile)  # [T, 4]
+        tile_classes = jax.lax.dynamic_slice_in_dim(sorted_classes, start, tile)  # [T]
+        alive = jax.lax.dynamic_slice_in_dim(sorted_ok, start, tile)  # [T]
+        tile_idx = jax.lax.dynamic_slice_in_dim(order, start, tile)  # [T]
+        alive = suppress_by_kept(alive, tile_boxes, tile_classes, count, kept_boxes, kept_classes)
 
         # Suppression inside the tile: [T, T] block, only earlier -> later.
         overlaps = _overlaps(tile_boxes, tile_classes, tile_boxes, tile_classes, iou_threshold)
@@ -191,9 +257,7 @@ def _nms(boxes, scores, classes, valid, *, iou_threshold, max_output, tile_size)
         jnp.zeros((buffer_size,), jnp.int32),
     )
     _, count, kept_idx, _, _ = jax.lax.while_loop(cond, body, init)
-    kept_mask = jnp.arange(max_output) < count
-    kept_idx = jnp.pad(kept_idx[:capacity], (0, max_output - capacity))
-    return kept_idx, kept_mask
+    return kept_idx[:capacity], count
 
 
 def nms(
@@ -203,7 +267,7 @@ def nms(
     iou_threshold: float,
     max_output: int,
     valid: jnp.ndarray | None = None,
-    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_size: int | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Greedy NMS on one image (see the module docstring for exact semantics).
 
@@ -215,7 +279,8 @@ def nms(
       max_output: K, static number of output slots.
       valid: optional bool ``[N]``; False candidates are ignored entirely.
       tile_size: T, static candidates per while-loop step (speed knob only:
-        the result does not depend on it).
+        the result does not depend on it); None: DEFAULT_TILE_SIZE on CPU,
+        ACCELERATOR_TILE_SIZE elsewhere.
 
     Returns:
       ``(indices, valid)``: int32 ``[K]`` indices into ``boxes`` of the kept
@@ -241,7 +306,7 @@ def batched_nms(
     iou_threshold: float,
     max_output: int,
     valid: jnp.ndarray | None = None,
-    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_size: int | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """Per-class greedy NMS on one image in a single call.
 

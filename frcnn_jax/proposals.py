@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from jax import lax
 
+from frcnn_jax import anchors as anchor_lib
 from frcnn_jax import boxes as box_lib
 from frcnn_jax.nms import batched_nms, nms
 
@@ -30,7 +31,7 @@ def propose(
     *,
     pre_nms_top_n: int,
     post_nms_top_n: int,
-    nms_threshold: float = 0.7,
+    nms_iou: float = 0.7,
     min_size=16,
     level_sizes: Sequence[int] | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -38,10 +39,12 @@ def propose(
 
     Steps: ``boxes = clip_boxes(decode(anchors, deltas), image_size)``; keep
     boxes with height and width >= ``min_size`` whose score, deltas and
-    coordinates are finite; take the ``pre_nms_top_n`` highest scores among
+    coordinates are finite and whose anchor is centred in the image (an anchor
+    centred in the batch's zero padding is never trained and never proposes;
+    the seed, at batch size 1, has no padding); take the ``pre_nms_top_n`` highest scores among
     them (ties: lower anchor index first, where the seed's ``argsort()[::-1]``
     takes the higher; ``nms`` breaks ties the same way); greedy NMS (suppress IoU >
-    ``nms_threshold``) keeping at most ``post_nms_top_n``, in descending score
+    ``nms_iou``) keeping at most ``post_nms_top_n``, in descending score
     order. The selection has no gradient; the returned boxes are differentiable
     in ``deltas``, so callers wrap them in ``lax.stop_gradient`` to match the
     seed, which computes proposals in NumPy.
@@ -56,10 +59,12 @@ def propose(
       pre_nms_top_n: static number of candidates entering NMS (clamped to A);
         the seed's defaults are 12000 for training, 6000 for testing.
       post_nms_top_n: static number P of output slots (2000 / 300 in the seed).
-      nms_threshold: IoU above which NMS suppresses the lower-scored box.
-      min_size: minimum height and width in resized-image pixels (Python number
-        or traced scalar). The seed uses ``16 * scale``, scale being the resize
-        factor of the image; the detector passes ``model.rpn_min_size`` as is.
+      nms_iou: IoU above which NMS suppresses the lower-scored box.
+      min_size: minimum height and width in resized-image pixels: a Python number
+        or traced scalar, or a ``[2]`` array (minimum height, minimum width). The
+        seed uses ``16 * scale``, scale being the resize factor of the image; the
+        detector passes ``model.rpn.min_size`` times the image's ``scales``
+        (``model.rpn.min_size_units="original"``) or as is ("resized").
         Zero-area boxes are always dropped.
       level_sizes: for FPN, the number of anchors of each pyramid level, in the
         order the anchors are concatenated (static ints summing to A). Then, as
@@ -92,9 +97,11 @@ def propose(
     boxes = box_lib.clip_boxes(box_lib.decode(anchors, deltas), image_size)  # [A, 4]
     heights = boxes[:, 2] - boxes[:, 0]  # [A]
     widths = boxes[:, 3] - boxes[:, 1]  # [A]
+    min_sizes = jnp.broadcast_to(jnp.asarray(min_size, jnp.float32), (2,))  # (height, width)
     valid = (
-        (heights >= min_size)
-        & (widths >= min_size)
+        (heights >= min_sizes[0])
+        & (widths >= min_sizes[1])
+        & anchor_lib.centred_in_image(anchors, image_size)
         # Even with min_size 0: clipped boxes lying in the padding have zero area, IoU 0
         # with each other, and NMS would never suppress them.
         & (heights > 0)
@@ -112,7 +119,7 @@ def propose(
         keep, roi_mask = nms(
             top_boxes,
             top_scores,
-            iou_threshold=nms_threshold,
+            iou_threshold=nms_iou,
             max_output=post_nms_top_n,
             valid=valid[order],
         )  # [P]
@@ -123,7 +130,7 @@ def propose(
             top_boxes,
             masked_scores[order],
             levels,
-            iou_threshold=nms_threshold,
+            iou_threshold=nms_iou,
             max_output=post_nms_top_n,
             valid=valid[order],
         )  # [P]

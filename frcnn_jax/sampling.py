@@ -1,6 +1,6 @@
 """Fixed-size random subsampling, shared by the RPN and RoI-head target assignment.
 
-Shape shorthand: N candidates, K the static sample capacity (``max_size``).
+Shape shorthand: N candidates, K the static sample capacity (``capacity``).
 
 The seed draws samples with ``np.random.choice(index, size, replace=False)`` and
 detectron2 with ``torch.randperm`` plus slicing: both have data-dependent
@@ -41,7 +41,7 @@ def sample_indices(
     key: jax.Array,
     candidates: jnp.ndarray,
     *,
-    max_size: int,
+    capacity: int,
     limit: int | jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """A uniformly random subset of the candidates, without replacement, as indices.
@@ -49,7 +49,7 @@ def sample_indices(
     Args:
       key: PRNG key.
       candidates: bool ``[N]``, entries that may be sampled.
-      max_size: static capacity K of the output.
+      capacity: static capacity K of the output.
       limit: optional int (may be traced) further capping the number sampled.
 
     Returns:
@@ -59,9 +59,9 @@ def sample_indices(
     """
     candidates = jnp.asarray(candidates, bool)
     n = candidates.shape[0]
-    k = min(max_size, n)
+    k = min(capacity, n)
     if k == 0:
-        return jnp.zeros((max_size,), jnp.int32), jnp.zeros((max_size,), bool)
+        return jnp.zeros((capacity,), jnp.int32), jnp.zeros((capacity,), bool)
     # Non-candidates get priority -1, below every candidate's [0, 1).
     priorities = jnp.where(candidates, random_priorities(key, n), -1.0)  # [N]
     top_priorities, indices = lax.top_k(priorities, k)  # [k], descending
@@ -70,8 +70,8 @@ def sample_indices(
         valid &= jnp.arange(k) < limit
     indices = jnp.where(valid, indices, 0).astype(jnp.int32)
     # Fewer entries than capacity: pad statically.
-    indices = jnp.pad(indices, (0, max_size - k))
-    valid = jnp.pad(valid, (0, max_size - k))
+    indices = jnp.pad(indices, (0, capacity - k))
+    valid = jnp.pad(valid, (0, capacity - k))
     return indices, valid
 
 
@@ -79,15 +79,15 @@ def sample_mask(
     key: jax.Array,
     candidates: jnp.ndarray,
     *,
-    max_size: int,
+    capacity: int,
     limit: int | jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """``sample_indices`` as a mask over the candidates.
 
     Returns:
-      bool ``[N]``: True for the ``min(max_size, limit, sum(candidates))``
+      bool ``[N]``: True for the ``min(capacity, limit, sum(candidates))``
       sampled candidates.
     """
-    indices, valid = sample_indices(key, candidates, max_size=max_size, limit=limit)
+    indices, valid = sample_indices(key, candidates, capacity=capacity, limit=limit)
     # Scatter-max: padding slots (index 0, False) cannot clear a sampled index 0.
     return jnp.zeros(candidates.shape, bool).at[indices].max(valid)

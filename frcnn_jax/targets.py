@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from frcnn_jax import anchors as anchor_lib
 from frcnn_jax import boxes as box_lib
 from frcnn_jax import sampling
 
@@ -44,11 +45,16 @@ def anchor_targets(
     positive_fraction: float = 0.5,
     positive_iou: float = 0.7,
     negative_iou: float = 0.3,
+    border_rule: str = "ignore_crossing",
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """RPN classification labels and regression targets (the seed's AnchorTargetCreator).
 
     Rules, in the seed's order:
-      1. anchors not fully inside ``[0, height] x [0, width]`` are ignored;
+      1. anchors outside the image are ignored: with ``border_rule="ignore_crossing"`` (the
+         seed) every anchor not fully inside ``[0, height] x [0, width]``; with
+         ``"train_crossing"`` (torchvision, detectron2) only anchors whose centre lies
+         outside ``[0, height) x [0, width)``, i.e. in the padding
+         (``anchors.trainable_anchors``). "Inside" below means not ignored here;
       2. an inside anchor whose max IoU over the valid gt boxes is below
          ``negative_iou`` is negative (all inside anchors when there is no gt);
       3. for each valid gt box, the inside anchor(s) with its highest IoU are
@@ -72,6 +78,7 @@ def anchor_targets(
       positive_fraction: at most this fraction of the samples is positive.
       positive_iou: IoU at or above which an anchor is positive.
       negative_iou: IoU below which an anchor is negative.
+      border_rule: "ignore_crossing" or "train_crossing" (rule 1).
 
     Returns:
       ``labels``: int32 ``[A]``, 1 positive, 0 negative, -1 ignored.
@@ -83,13 +90,7 @@ def anchor_targets(
     gt_boxes, gt_mask = _at_least_one_gt(
         jnp.asarray(gt_boxes, jnp.float32), jnp.asarray(gt_mask, bool)
     )
-    size = jnp.asarray(image_size, jnp.float32)
-    inside = (
-        (anchors[:, 0] >= 0)
-        & (anchors[:, 1] >= 0)
-        & (anchors[:, 2] <= size[0])
-        & (anchors[:, 3] <= size[1])
-    )  # [A]; the seed's _get_inside_index
+    inside = anchor_lib.trainable_anchors(anchors, image_size, border_rule=border_rule)  # [A]
     pairs = inside[:, None] & gt_mask[None, :]  # [A, G]
     # -1 on invalid pairs: they never win a maximum and fail every threshold.
     ious = jnp.where(pairs, box_lib.pairwise_iou(anchors, gt_boxes), -1.0)  # [A, G]
@@ -104,11 +105,11 @@ def anchor_targets(
 
     positive_key, negative_key = jax.random.split(key)
     max_positives = int(positive_fraction * num_samples)  # the seed's n_pos
-    positives = sampling.sample_mask(positive_key, labels == 1, max_size=max_positives)
+    positives = sampling.sample_mask(positive_key, labels == 1, capacity=max_positives)
     negatives = sampling.sample_mask(
         negative_key,
         labels == 0,
-        max_size=num_samples,
+        capacity=num_samples,
         limit=num_samples - jnp.sum(positives),
     )
     labels = jnp.where(positives, 1, jnp.where(negatives, 0, -1)).astype(jnp.int32)
@@ -123,7 +124,7 @@ def proposal_targets(
     rois: jnp.ndarray,
     roi_mask: jnp.ndarray,
     gt_boxes: jnp.ndarray,
-    gt_labels: jnp.ndarray,
+    gt_classes: jnp.ndarray,
     gt_mask: jnp.ndarray,
     *,
     num_samples: int = 128,
@@ -150,7 +151,7 @@ def proposal_targets(
       rois: float ``[P, 4]`` (ymin, xmin, ymax, xmax), e.g. ``propose``'s output.
       roi_mask: bool ``[P]``, False for padding RoIs.
       gt_boxes: float ``[G, 4]``; rows where ``gt_mask`` is False are ignored.
-      gt_labels: int ``[G]`` 0-based class ids.
+      gt_classes: int ``[G]`` 0-based class ids.
       gt_mask: bool ``[G]``.
       num_samples: static number S of output slots.
       positive_fraction: at most this fraction of the S slots is positive.
@@ -162,7 +163,7 @@ def proposal_targets(
 
     Returns:
       ``sample_rois``: float32 ``[S, 4]``, zeros in padding slots.
-      ``sample_labels``: int32 ``[S]``, ``gt_label + 1`` for positives, 0 for
+      ``sample_classes``: int32 ``[S]``, ``gt_class + 1`` for positives, 0 for
         background and padding.
       ``sample_deltas``: float32 ``[S, 4]``, ``(encode(roi, matched gt) -
         delta_means) / delta_stds`` for positives, 0 elsewhere (the head's box
@@ -170,9 +171,9 @@ def proposal_targets(
       ``sample_mask``: bool ``[S]``, False for unfilled slots.
     """
     rois = jnp.asarray(rois, jnp.float32)
-    gt_boxes, gt_labels, gt_mask = _at_least_one_gt(
+    gt_boxes, gt_classes, gt_mask = _at_least_one_gt(
         jnp.asarray(gt_boxes, jnp.float32),
-        jnp.asarray(gt_labels, jnp.int32),
+        jnp.asarray(gt_classes, jnp.int32),
         jnp.asarray(gt_mask, bool),
     )
     candidates = jnp.concatenate([rois, gt_boxes])  # [P + G, 4]
@@ -190,14 +191,14 @@ def proposal_targets(
     # The seed's pos_roi_per_image = np.round(n_sample * pos_ratio).
     max_positives = int(np.round(num_samples * positive_fraction))
     positive_indices, positive_valid = sampling.sample_indices(
-        positive_key, positive, max_size=num_samples, limit=max_positives
+        positive_key, positive, capacity=num_samples, limit=max_positives
     )  # [S]
     num_positives = jnp.sum(positive_valid)
     sampled_positive = jnp.zeros_like(positive).at[positive_indices].max(positive_valid)
     negative_indices, negative_valid = sampling.sample_indices(
         negative_key,
         negative & ~sampled_positive,
-        max_size=num_samples,
+        capacity=num_samples,
         limit=num_samples - num_positives,
     )  # [S]
 
@@ -210,9 +211,9 @@ def proposal_targets(
 
     sample_rois = jnp.where(sample_mask[:, None], candidates[indices], 0.0)  # [S, 4]
     matched = matches[indices]  # [S]
-    sample_labels = jnp.where(is_positive, gt_labels[matched] + 1, 0).astype(jnp.int32)
+    sample_classes = jnp.where(is_positive, gt_classes[matched] + 1, 0).astype(jnp.int32)
     means = jnp.asarray(delta_means, jnp.float32)
     stds = jnp.asarray(delta_stds, jnp.float32)
     sample_deltas = (box_lib.encode(sample_rois, gt_boxes[matched]) - means) / stds  # [S, 4]
     sample_deltas = jnp.where(is_positive[:, None], sample_deltas, 0.0)
-    return sample_rois, sample_labels, sample_deltas, sample_mask
+    return sample_rois, sample_classes, sample_deltas, sample_mask

@@ -15,32 +15,32 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from frcnn_jax import data as data_lib  # noqa: E402
-from frcnn_jax import train_lib  # noqa: E402
+from frcnn_jax.models import build_model, init_variables  # noqa: E402
+from frcnn_jax.training import sharding  # noqa: E402
+from frcnn_jax.training.step import create_train_state, train_step  # noqa: E402
 from tests.tiny import tiny_config  # noqa: E402
 
 
 def main():
     assert jax.device_count() == 8, jax.devices()
     config = tiny_config(batch_size=8)
-    model = train_lib.build_model(
-        config.model, num_classes=len(data_lib.get_class_names(config.data))
-    )
-    variables = train_lib.init_variables(model, jax.random.key(0))
+    model = build_model(config.model, num_classes=len(data_lib.get_class_names(config.data)))
+    variables = init_variables(model, jax.random.key(0))
     host_batch = next(
         iter(
             data_lib.create_dataset(config.data, split="train", training=True, batch_size=8, seed=0)
         )
     )
-    batch = {k: np.asarray(host_batch[k]) for k in train_lib.TRAIN_KEYS}
+    batch = {k: np.asarray(host_batch[k]) for k in sharding.TRAIN_KEYS}
     key = jax.random.key(7)
 
     def fresh_state():
         # A copy: the mesh step donates its input state's buffers.
-        return train_lib.create_train_state(config, model, jax.tree.map(jnp.array, variables))[0]
+        return create_train_state(config, model, jax.tree.map(jnp.array, variables))[0]
 
     results = {}
     # Two steps: the second one exercises the momentum buffers too.
-    single = jax.jit(train_lib.train_step)
+    single = jax.jit(train_step)
     state = fresh_state()
     for i in range(2):
         state, _ = single(
@@ -48,16 +48,16 @@ def main():
         )
     reference = jax.device_get(state.params)
 
-    mesh = train_lib.make_mesh()
-    step = train_lib.jit_train_step(mesh)
-    state = train_lib.replicate(fresh_state(), mesh)
+    mesh = sharding.make_mesh()
+    step = sharding.jit_train_step(mesh)
+    state = sharding.replicate(fresh_state(), mesh)
     for i in range(2):
-        state, metrics = step(state, train_lib.shard_batch(batch, mesh), jax.random.fold_in(key, i))
+        state, metrics = step(state, sharding.shard_batch(batch, mesh), jax.random.fold_in(key, i))
         jax.block_until_ready(metrics)
     results["mesh"] = jax.device_get(state.params)
 
-    pstep = train_lib.pmap_train_step()
-    state = train_lib.replicate_for_pmap(fresh_state())
+    pstep = sharding.pmap_train_step()
+    state = sharding.replicate_for_pmap(fresh_state())
     per_device = {k: v.reshape(8, 1, *v.shape[1:]) for k, v in batch.items()}
     for i in range(2):
         state, metrics = pstep(state, per_device, jax.random.fold_in(key, i))

@@ -7,7 +7,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import logging  # noqa: E402
 
-from frcnn_jax import train_loop  # noqa: E402
+from frcnn_jax.training import loop  # noqa: E402
 from tests.tiny import tiny_config  # noqa: E402
 
 if __name__ == "__main__":
@@ -16,4 +16,4 @@ if __name__ == "__main__":
     config = tiny_config(
         num_train_steps=steps, checkpoint_every_steps=1, log_every_steps=1, keep_checkpoints=100
     )
-    train_loop.train_and_evaluate(config, sys.argv[1])
+    loop.train_and_evaluate(config, sys.argv[1])

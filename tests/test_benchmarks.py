@@ -57,3 +57,73 @@ def test_benchmark_prints_its_figures(script, tmp_path):
         assert field in out, f"{field!r} missing from:\n{out}"
     # The small backbone has no torchvision counterpart, and torchvision may be absent.
     assert "not runnable here: torchvision cannot run:" in out
+
+
+def run_gpu_suite(tmp_path, *flags):
+    """gpu_suite.py --tiny on CPU in a subprocess; returns (process, table rows by item)."""
+    output = tmp_path / "suite.md"
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
+    script = os.path.join(REPO_ROOT, "benchmarks", "gpu_suite.py")
+    command = [sys.executable, script, "--tiny", f"--output={output}", *flags]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {}
+    for line in output.read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 13 and cells[3].isdigit():
+            rows[(cells[0], cells[2], cells[4])] = cells  # (model, mode, impl)
+    return proc, rows
+
+
+def test_gpu_suite_runs_end_to_end_with_tiny_sizes(tmp_path):
+    # One model (the small backbone with RoIPool), both modes, ours and torchvision's items;
+    # the budget is generous because the CI machine is shared.
+    _, rows = run_gpu_suite(tmp_path, "--models=vgg16", "--budget_s=500")
+    model = "small (pool)"
+    modes, impls = ("train", "infer"), ("ours", "torchvision")
+    assert set(rows) == {(model, m, i) for m in modes for i in impls}
+    for mode in modes:
+        ours = rows[(model, mode, "ours")]
+        assert float(ours[6]) > 0 and float(ours[5]) > 0 and ours[8].endswith("GiB"), ours
+        # TensorFlow cannot be imported in the suite: our items ran without it.
+        # torchvision has no counterpart of the small backbone, and may be absent.
+        assert "torchvision cannot run" in rows[(model, mode, "torchvision")][-1]
+
+
+def test_gpu_suite_keeps_the_table_when_items_fail(tmp_path):
+    # Items that hang are cut at their timeout, items past the budget are skipped, and
+    # every item still has its row.
+    proc, rows = run_gpu_suite(
+        tmp_path, "--impls=ours", "--item_timeout_s=0.5", "--min_item_s=0", "--budget_s=60"
+    )
+    assert len(rows) == 4, proc.stdout
+    assert all("timed out after 0.5 s" in row[-1] for row in rows.values()), rows
+
+
+def test_no_long_loops_on_accelerators():
+    # loop_table.py's reading of the lowered programs, on the tiny model with RoIPool: for
+    # CPU the train step has RoIPool's loop over rois (and the kernel-gradient scans); for a
+    # GPU only NMS's loops remain, each tile loop bounded by its candidates / 2048.
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tests"))
+    import bench_models
+    import hlo_loops
+    import jax
+    from tiny import tiny_config
+
+    config = tiny_config(**{"model.roi.op": "pool", "model.backbone": "small"})
+    model = bench_models.build_model(config, num_classes=3)
+    state = bench_models.abstract_train_state(config, model)
+    batch = bench_models.abstract_batch(batch_size=2, height=64, width=64, max_boxes=4)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    traced = bench_models.jit_train_step().trace(state, batch, key)
+
+    def loops(platform):
+        return hlo_loops.stablehlo_loops(traced.lower(lowering_platforms=(platform,)).compiler_ir())
+
+    cpu = loops("cpu")
+    assert any(loop.source.startswith("roi_ops/pool.py") for loop in cpu)
+    assert any(loop.source.startswith("models/conv.py") and loop.trip_count == 9 for loop in cpu)
+    gpu = loops("cuda")
+    assert gpu and all(loop.source.startswith("nms.py") for loop in gpu), gpu
+    assert [loop.bound for loop in gpu if not loop.parents] == [1]  # 200 candidates, one tile

@@ -6,16 +6,17 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from frcnn_jax import config_lib, train_lib
+from frcnn_jax.models import build_model
+from frcnn_jax.training.config_checks import validate_config
 
-CONFIGS = ["synthetic", "voc", "voc_resnet50_fpn", "coco_resnet50_fpn"]
+CONFIGS = ["synthetic", "voc", "voc_resnet50_fpn", "coco_resnet50_fpn", "custom"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_validates_and_builds_its_model(name):
     config = importlib.import_module(f"configs.{name}").get_config()
-    config_lib.validate_config(config)
-    model = train_lib.build_model(config.model, num_classes=3)
+    validate_config(config)
+    model = build_model(config.model, num_classes=3)
     assert model.backbone == config.model.backbone
     # Parameter shapes without running anything (cheap even for ResNet-101/VGG16).
     shapes = jax.eval_shape(
@@ -32,9 +33,14 @@ def test_config_validates_and_builds_its_model(name):
     [
         ("batch_size", 0, "config.batch_size"),
         ("learning_rate", -1.0, "config.learning_rate"),
-        ("model.backbone", "vgg19", "config.model.backbone"),
+        ("model.backbone", "vgg19", "model.backbone"),
         ("data.name", "imagenet", "config.data.name"),
         ("data.max_size", 10, "min_size"),
+        ("num_epochs", 0.0, "config.num_epochs must be > 0"),
+        ("lr_decay_epochs", (-1.0,), "config.lr_decay_epochs"),
+        ("model.rpn.border_rule", "inside", "model.rpn.border_rule='inside'"),
+        ("model.rpn.min_size_units", "px", "model.rpn.min_size_units='px'"),
+        ("model.backbone_options", {"norm": "bn"}, r"do not fit model.backbone='small' \(it takes"),
     ],
 )
 def test_bad_fields_are_named(field, value, message):
@@ -45,4 +51,4 @@ def test_bad_fields_are_named(field, value, message):
         target = target[p]
     target[leaf] = value
     with pytest.raises(ValueError, match=message):
-        config_lib.validate_config(config)
+        validate_config(config)

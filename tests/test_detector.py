@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 from frcnn_jax import data as data_lib
-from frcnn_jax import restore, visualize
+from frcnn_jax import workdir as restore
 from frcnn_jax.data import synthetic
-from frcnn_jax.detector import Detections, Detector, ImageReadError
+from frcnn_jax.inference import visualize
+from frcnn_jax.inference.detector import Detections, Detector, ImageReadError
 from tests.tiny import tiny_config
 from tests.tiny_workdir import make_workdir
 
@@ -33,11 +34,11 @@ def _check(result, height, width):
     assert result.image_size == (height, width)
     n = len(result)
     assert result.boxes.shape == (n, 4) and result.boxes.dtype == np.float32
-    assert result.class_ids.shape == (n,) and result.scores.shape == (n,)
+    assert result.classes.shape == (n,) and result.scores.shape == (n,)
     assert (result.boxes >= 0).all()
     assert (result.boxes[:, [0, 2]] <= height).all() and (result.boxes[:, [1, 3]] <= width).all()
     assert (np.diff(result.scores) <= 0).all()  # best first
-    assert result.class_names == tuple(synthetic.CLASS_NAMES[c] for c in result.class_ids)
+    assert result.class_names == tuple(synthetic.CLASS_NAMES[c] for c in result.classes)
 
 
 def test_from_checkpoint_restores_the_latest_step_and_the_class_names(detector):
@@ -65,7 +66,7 @@ def test_predict_accepts_paths_pil_and_arrays_of_any_size(detector, tmp_path):
     # The same pixels give the same detections whatever the container.
     for other in results[1:4]:
         np.testing.assert_allclose(other.boxes, results[0].boxes, atol=1e-4)
-        np.testing.assert_array_equal(other.class_ids, results[0].class_ids)
+        np.testing.assert_array_equal(other.classes, results[0].classes)
     single = detector.predict(rgb, score_threshold=0.0)
     assert isinstance(single, Detections)
     np.testing.assert_allclose(single.scores, results[0].scores, atol=1e-5)
@@ -80,7 +81,7 @@ def test_score_threshold_filters_and_results_serialise(detector):
     assert len(kept) == int((everything.scores >= cut).sum()) and (kept.scores >= cut).all()
     record = json.loads(json.dumps(kept.to_dict()))
     assert record["image_size"] == [64, 64] and len(record["detections"]) == len(kept)
-    assert set(record["detections"][0]) == {"box", "class_id", "class_name", "score"}
+    assert set(record["detections"][0]) == {"box", "class", "class_name", "score"}
 
 
 def test_compiled_programs_are_reused_per_batch_and_bucket_shape(detector):
@@ -117,7 +118,7 @@ def test_boxes_are_mapped_back_to_original_pixels(detector, monkeypatch):
     )
     seen = {}
 
-    def fake_predict(variables, images, image_sizes):
+    def fake_predict(variables, images, image_sizes, scales):
         seen["images"], seen["sizes"] = images.shape, np.asarray(image_sizes)
         boxes = np.zeros((images.shape[0], 3, 4), np.float32)
         # Resized-image pixels of image 0 (32 x 48, scaled x2 to 64 x 96):
@@ -142,7 +143,7 @@ def test_boxes_are_mapped_back_to_original_pixels(detector, monkeypatch):
     np.testing.assert_allclose(first.boxes, [[5, 10, 15, 20], [30, 45, 32, 48]], atol=1e-5)
     assert first.class_names == ("ellipse", "triangle")
     np.testing.assert_allclose(second.boxes, [[16.5, 25, 33, 50]], atol=1e-4)
-    assert second.class_ids.tolist() == [3] and second.scores.tolist() == [pytest.approx(0.7)]
+    assert second.classes.tolist() == [3] and second.scores.tolist() == [pytest.approx(0.7)]
 
 
 def test_rpn_proposals_of_a_preprocessed_image_can_be_drawn(detector):
@@ -151,7 +152,7 @@ def test_rpn_proposals_of_a_preprocessed_image_can_be_drawn(detector):
     rois, roi_mask = visualize.rpn_proposals(
         detector.model, detector.variables, padded[None], size[None]
     )
-    assert rois.shape == (1, detector.model.test_post_nms_top_n, 4)
+    assert rois.shape == (1, detector.model.test_options.post_nms_top_n, 4)
     assert roi_mask.shape == rois.shape[:2] and roi_mask.any()
     kept = rois[0][roi_mask[0]]
     assert (kept >= 0).all() and (kept[:, 2] <= size[0]).all() and (kept[:, 3] <= size[1]).all()
@@ -197,7 +198,7 @@ def test_missing_run_files_and_checkpoints_are_named(workdir, tmp_path):
 def test_corrupt_checkpoint_is_named_with_the_other_steps(workdir, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy)
-    shutil.rmtree(copy / "checkpoints" / "4" / "default")
+    shutil.rmtree(copy / "checkpoints" / "4" / "model")  # the item inference reads
     with pytest.raises(restore.UnreadableError, match=r"step 4 .*cannot be read.*\[2\]"):
         Detector.from_checkpoint(str(copy))
 

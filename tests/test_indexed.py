@@ -52,7 +52,7 @@ class CountingSource:
             "image": image,
             "image_id": tf.strings.as_string(i),
             "gt_boxes": boxes,
-            "gt_labels": labels,
+            "gt_classes": labels,
             "gt_difficult": tf.zeros_like(labels, tf.bool),
         }
         return example, tf.reshape(ok, [])
@@ -235,7 +235,7 @@ def test_synthetic_has_objects_matches_the_drawing():
     for index in range(60):
         drawn = synthetic.render_example(index, split="train", **options)
         has = synthetic.has_objects(index, split="train", **options)
-        assert has == (len(drawn["gt_labels"]) > 0), index
+        assert has == (len(drawn["gt_classes"]) > 0), index
 
 
 def test_synthetic_draws_each_image_once_and_caches_it_exactly(monkeypatch):
@@ -261,5 +261,5 @@ def test_synthetic_draws_each_image_once_and_caches_it_exactly(monkeypatch):
         raw, ok = source.load(tf.constant(index, tf.int64))
         expected = render(index, split="train", **options)
         assert bool(ok) and raw["image_id"].numpy() == f"train/{index}".encode()
-        for key in ("image", "gt_boxes", "gt_labels"):
+        for key in ("image", "gt_boxes", "gt_classes"):
             np.testing.assert_array_equal(raw[key].numpy(), expected[key], err_msg=key)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from frcnn_jax.models import backbones
-from frcnn_jax.models.faster_rcnn import FasterRCNN, normalize_images
+from frcnn_jax.models.faster_rcnn import FasterRCNN
 from frcnn_jax.models.heads import RoIHead, RPNHead
+from frcnn_jax.models.inputs import normalize_images
+from frcnn_jax.models.options import AnchorOptions, RoIOptions, RPNOptions
 
 
 def _shapes(module, x, collection="params"):
@@ -104,7 +106,10 @@ def test_single_level_anchor_count_matches_rpn_outputs(backbone, expected):
 
 
 def test_fpn_anchor_count_matches_rpn_outputs():
-    model = FasterRCNN(num_classes=2, backbone="resnet50_fpn")
+    sizes = AnchorOptions(sizes=(32.0, 64.0, 128.0, 256.0, 512.0))
+    model = FasterRCNN(num_classes=2, backbone="resnet50_fpn", anchor_options=sizes)
+    with pytest.raises(ValueError, match="one size per level"):
+        FasterRCNN(num_classes=2, backbone="resnet50_fpn").anchors(64, 64)
     # 64x64: P2..P6 are 16, 8, 4, 2, 1 squared positions, 3 anchors each.
     assert model.anchors(64, 64).shape == (3 * (256 + 64 + 16 + 4 + 1), 4)
 
@@ -117,3 +122,101 @@ def test_unknown_backbone_is_a_clear_error():
             jnp.array([[32, 32]]),
             method=FasterRCNN.initialize,
         )
+
+
+def test_resnet18_fpn_basic_blocks_and_torchvision_names():
+    module = backbones.get_spec("resnet18_fpn").factory()
+    x = jnp.zeros((1, 64, 64, 3))
+    params, out = _shapes(module, x)
+    assert [o.shape for o in out][:2] == [(1, 16, 16, 256), (1, 8, 8, 256)]
+    body = params["body"]
+    assert sorted(k for k in body if k.startswith("layer")) == [
+        f"layer{s}_{b}" for s in range(1, 5) for b in range(2)
+    ]
+    assert set(body["layer2_0"]) == {"conv1", "conv2", "downsample_conv"}  # BN is "frozen"
+    assert "downsample_conv" not in body["layer1_0"]  # 64 -> 64 channels: no projection
+    assert body["layer4_1"]["conv2"]["kernel"] == (3, 3, 512, 512)
+    assert module.frozen_prefixes == ("body/conv1", "body/bn1", "body/layer1_")
+
+
+def _stem_and_layer1_grads(options):
+    module = backbones.get_spec("resnet18_fpn").factory(**options)
+    x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
+    variables = module.init(jax.random.key(1), x)
+
+    def loss(params):
+        return sum(p.sum() for p in module.apply({**variables, "params": params}, x))
+
+    grads = jax.grad(loss)(variables["params"])["body"]
+    return variables, grads, module.frozen_prefixes
+
+
+def test_group_norm_resnet_trains_everything_from_scratch():
+    variables, grads, frozen = _stem_and_layer1_grads({"norm": "group_norm"})
+    assert frozen == ()  # detectron2's FREEZE_AT=0 for scratch GN
+    assert "frozen" not in variables  # GroupNorm's scale and bias are parameters
+    assert set(variables["params"]["body"]["bn1"]) == {"scale", "bias"}
+    assert set(variables["params"]["fpn"]) >= {"inner0", "inner0_norm", "layer0_norm"}
+    assert "bias" not in variables["params"]["fpn"]["inner0"]  # GN follows: no conv bias
+    assert float(jnp.abs(grads["conv1"]["kernel"]).sum()) > 0.0
+    assert float(jnp.abs(grads["layer1_0"]["conv1"]["kernel"]).sum()) > 0.0
+
+
+@pytest.mark.parametrize(
+    "options,frozen",
+    [
+        ({}, ("body/conv1", "body/bn1", "body/layer1_")),  # ImageNet: stem + layer1, as today
+        ({"freeze_at": 1}, ("body/conv1", "body/bn1")),
+        ({"freeze_at": 0}, ()),
+        ({"norm": "group_norm", "freeze_at": 2}, ("body/conv1", "body/bn1", "body/layer1_")),
+    ],
+)
+def test_freeze_at_stops_gradients_where_the_prefixes_say(options, frozen):
+    _, grads, prefixes = _stem_and_layer1_grads(options)
+    assert prefixes == frozen
+    stem = float(jnp.abs(grads["conv1"]["kernel"]).sum())
+    layer1 = float(jnp.abs(grads["layer1_1"]["conv2"]["kernel"]).sum())
+    layer2 = float(jnp.abs(grads["layer2_0"]["conv1"]["kernel"]).sum())
+    assert (stem == 0.0) == ("body/conv1" in frozen)
+    assert (layer1 == 0.0) == ("body/layer1_" in frozen)
+    assert layer2 > 0.0
+
+
+def test_min_proposal_size_follows_the_batch_scales():
+    """rpn.min_size_units="original": min_size x scales, as the seed; "resized": as is."""
+    image = jax.random.randint(jax.random.key(0), (1, 64, 64, 3), 0, 255).astype(jnp.uint8)
+    images = jnp.concatenate([image, image])  # the same image twice; only the scales differ
+    sizes = jnp.array([[64, 64], [64, 64]], jnp.int32)
+    scales = jnp.array([[1.0, 1.0], [8.0, 8.0]], jnp.float32)  # image 1: min size 64 px
+
+    def proposals(units):
+        model = FasterRCNN(
+            num_classes=2,
+            backbone="small",
+            backbone_options={"widths": (8, 8, 8)},
+            anchor_options=AnchorOptions(sizes=(16.0, 32.0)),
+            rpn_options=RPNOptions(channels=8, min_size=8.0, min_size_units=units),
+            roi_options=RoIOptions(hidden=(8,), op="align"),
+        )
+        variables = model.init(jax.random.key(1), images, sizes, method=model.initialize)
+        return model.apply(variables, images, sizes, scales, method=model.proposals)
+
+    rois, mask = proposals("original")
+    assert int(mask[0].sum()) > 0 and int(mask[1].sum()) == 0  # nothing is 64 x 64 px
+    heights = (rois[0, :, 2] - rois[0, :, 0])[mask[0]]
+    assert float(heights.min()) >= 8.0
+    _, mask = proposals("resized")
+    assert int(mask[1].sum()) == int(mask[0].sum()) > 0
+
+
+def test_narrow_resnet18_fpn_for_cpus():
+    """width 32 halves every ResNet stage; GroupNorm keeps 2 channels per group below 64."""
+    module = backbones.get_spec("resnet18_fpn").factory(norm="group_norm", width=32, channels=64)
+    variables = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    body = variables["params"]["body"]
+    assert body["conv1"]["kernel"].shape == (7, 7, 3, 32)
+    assert body["layer4_1"]["conv2"]["kernel"].shape == (3, 3, 256, 256)
+    assert variables["params"]["fpn"]["layer0"]["kernel"].shape == (3, 3, 64, 64)
+    x = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
+    out = module.apply(module.init(jax.random.key(0), x), x)
+    assert [o.shape[-1] for o in out] == [64] * 5 and all(bool(jnp.isfinite(o).all()) for o in out)

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from frcnn_jax.nms import batched_nms, nms
+from frcnn_jax import nms as nms_lib
+from frcnn_jax.nms import ACCELERATOR_TILE_SIZE, batched_nms, nms
 
 NAN, INF = float("nan"), float("inf")
 
@@ -216,7 +217,7 @@ def test_matches_reference_at_proposal_scale():
 
 
 def test_never_builds_an_n_by_n_matrix():
-    num_boxes = 3000
+    num_boxes = 12000  # the accelerator form's blocks are [2048, 2048]
     jaxpr = jax.make_jaxpr(lambda b, s: nms(b, s, iou_threshold=0.7, max_output=200))(
         jnp.zeros((num_boxes, 4)), jnp.zeros((num_boxes,))
     )
@@ -227,7 +228,10 @@ def test_never_builds_an_n_by_n_matrix():
             for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 yield from sizes(sub)
 
-    assert max(sizes(jaxpr.jaxpr)) < num_boxes * 600  # at most [N, 4] or [T, K + T] blocks
+    # At most [N, 4] or [T, T, 2] corner blocks, in both forms (the jaxpr holds both):
+    # T = 2048 on accelerators, where N * N would be 144M.
+    tile = ACCELERATOR_TILE_SIZE
+    assert tile < num_boxes and max(sizes(jaxpr.jaxpr)) <= 2 * tile * tile
 
 
 # Small integer boxes (including empty and inverted ones) and few distinct
@@ -328,3 +332,73 @@ def test_vmap_matches_loop():
             np.testing.assert_array_equal(a[i], b)
         for a, b in zip(batched_cls, single_cls):
             np.testing.assert_array_equal(a[i], b)
+
+
+# --- the CPU and accelerator forms ----------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnames=("max_output", "tile_size", "form"))
+def forced_nms(boxes, scores, classes, valid, iou_threshold, *, max_output, tile_size, form):
+    options = dict(iou_threshold=iou_threshold, max_output=max_output, tile_size=tile_size)
+    return nms_lib._nms(boxes, scores, classes, valid, form=form, **options)
+
+
+def assert_forms_agree(boxes, scores, classes, valid, iou_threshold, **options):
+    """Both forms on CPU: identical indices and masks. Returns the kept list."""
+    cpu, accelerator = (
+        forced_nms(boxes, scores, classes, valid, iou_threshold, form=form, **options)
+        for form in ("cpu", "accelerator")
+    )
+    for a, b in zip(cpu, accelerator):
+        np.testing.assert_array_equal(a, b)
+    return kept(cpu)
+
+
+def test_accelerator_form_equals_cpu_form_at_proposal_scale():
+    # The training proposals: 12000 -> 2000 at IoU 0.7, half of them crowded (long
+    # suppression chains); default tiles are 512 (CPU) and 2048 (accelerators).
+    rng = np.random.default_rng(11)
+    spread, spread_scores = random_boxes(rng, 6000)
+    crowd, crowd_scores = crowded_boxes(rng, 6000)
+    boxes, scores = (
+        np.concatenate([spread, crowd * 10]),
+        np.concatenate([spread_scores, crowd_scores]),
+    )
+    valid = rng.uniform(size=12000) < 0.95
+    got = assert_forms_agree(boxes, scores, None, valid, 0.7, max_output=2000, tile_size=None)
+    assert 100 < len(got) <= 2000
+    # Per-class, as the detector's post-processing: 300 rois x 20 classes -> 100.
+    classes = rng.integers(0, 20, 12000).astype(np.int32)
+    got = assert_forms_agree(boxes, scores, classes, None, 0.3, max_output=100, tile_size=None)
+    assert got == reference_nms(boxes, scores, 0.3, 100, classes=classes)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    small_boxes,
+    tied_scores,
+    hnp.arrays(np.int32, (10,), elements=st.integers(0, 2)),
+    hnp.arrays(bool, (10,)),
+    thresholds,
+    layouts,
+)
+def test_property_accelerator_form_equals_cpu_form(
+    boxes, scores, classes, valid, iou_threshold, layout
+):
+    max_output, tile_size = layout
+    got = assert_forms_agree(
+        boxes, scores, classes, valid, iou_threshold, max_output=max_output, tile_size=tile_size
+    )
+    assert got == reference_nms(boxes, scores, iou_threshold, max_output, valid, classes)
+
+
+def test_each_platform_lowers_its_form():
+    # CPU: tiles, kept-block checks and the fixed point (3 loops); accelerators: no kept-block
+    # loop (2 loops).
+    boxes, scores = jnp.zeros((3000, 4)), jnp.zeros((3000,))
+    lowered = jax.jit(lambda b, s: nms(b, s, iou_threshold=0.7, max_output=500)).trace(
+        boxes, scores
+    )
+    for platform, num_loops in (("cpu", 3), ("cuda", 2)):
+        text = lowered.lower(lowering_platforms=(platform,)).as_text()
+        assert text.count("stablehlo.while") == num_loops, platform

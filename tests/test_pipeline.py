@@ -27,7 +27,7 @@ def _example(height, width, boxes, labels=None, difficult=None, image_id="a", fi
         "image": tf.fill([height, width, 3], tf.constant(fill, tf.uint8)),
         "image_id": tf.constant(image_id),
         "gt_boxes": tf.constant(boxes),
-        "gt_labels": tf.constant(np.arange(n, dtype=np.int32) if labels is None else labels),
+        "gt_classes": tf.constant(np.arange(n, dtype=np.int32) if labels is None else labels),
         "gt_difficult": tf.constant(np.zeros(n, bool) if difficult is None else difficult),
     }
 
@@ -168,7 +168,7 @@ def test_degenerate_boxes_dropped_and_max_boxes_truncates():
     np.testing.assert_array_equal(
         out["gt_boxes"], [[0, 95, 25, 100], [10, 10, 20, 20], [30, 30, 40, 40]]
     )
-    np.testing.assert_array_equal(out["gt_labels"], [2, 4, 5])  # labels follow their boxes
+    np.testing.assert_array_equal(out["gt_classes"], [2, 4, 5])  # labels follow their boxes
     assert out["gt_valid"].all() and out["gt_mask"].all()
     assert out["gt_dropped"] == 1  # 4 usable boxes, 3 slots; degenerate ones do not count
 
@@ -278,7 +278,7 @@ def test_create_dataset_batch_contract():
         "orig_sizes": ((3, 2), np.int32),
         "scales": ((3, 2), np.float32),
         "gt_boxes": ((3, 3, 4), np.float32),
-        "gt_labels": ((3, 3), np.int32),
+        "gt_classes": ((3, 3), np.int32),
         "gt_mask": ((3, 3), np.bool_),
         "gt_difficult": ((3, 3), np.bool_),
         "gt_valid": ((3, 3), np.bool_),

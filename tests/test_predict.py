@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from frcnn_jax import predict
+from frcnn_jax.inference import predict
 from tests.tiny_workdir import make_workdir
 
 
@@ -57,7 +57,7 @@ def test_writes_json_and_png_per_image_and_reports_unreadable_files(
     assert record["image"] == str(images / "first.png") and record["image_size"] == [48, 64]
     assert record["detections"], "an untrained model still returns low-score detections"
     detection = record["detections"][0]
-    assert set(detection) == {"box", "class_id", "class_name", "score"}
+    assert set(detection) == {"box", "class", "class_name", "score"}
     ymin, xmin, ymax, xmax = detection["box"]
     assert 0 <= ymin <= ymax <= 48 and 0 <= xmin <= xmax <= 64
     with Image.open(out / "second.png") as picture:  # upscaled for readable labels

@@ -17,7 +17,7 @@ IMAGE_SIZE = (64, 72)
 # 8 x 9 positions x 9 anchors of sides 8..32 px: 648 anchors, many sticking out.
 ANCHORS = np.asarray(grid_anchors(anchor_base(8, scales=(1, 2, 4)), 8, 8, 9))
 
-propose_jit = jax.jit(propose, static_argnames=("pre_nms_top_n", "post_nms_top_n", "nms_threshold"))
+propose_jit = jax.jit(propose, static_argnames=("pre_nms_top_n", "post_nms_top_n", "nms_iou"))
 
 
 # ---------------------------------------------------------------- reference
@@ -55,7 +55,9 @@ def seed_propose(
 
     Differences, all documented in propose(): dh, dw are clamped at SCALE_CLAMP
     as boxes.decode does; non-finite scores and deltas are dropped; score ties
-    go to the lower anchor index (lax.top_k) instead of argsort()[::-1]'s higher.
+    go to the lower anchor index (lax.top_k) instead of argsort()[::-1]'s higher;
+    anchors centred outside ``img_size`` (in a batch's padding, which the seed at
+    batch size 1 never has) make no proposal.
     """
     anchor, loc, score = (np.asarray(a, np.float64) for a in (anchor, loc, score))
     h, w = anchor[:, 2] - anchor[:, 0], anchor[:, 3] - anchor[:, 1]
@@ -69,7 +71,8 @@ def seed_propose(
         roi[:, 1::2] = np.clip(roi[:, 1::2], 0, img_size[1])
         hs, ws = roi[:, 2] - roi[:, 0], roi[:, 3] - roi[:, 1]
         finite = np.isfinite(score) & np.all(np.isfinite(loc), 1) & np.all(np.isfinite(roi), 1)
-        keep = np.where((hs >= min_size) & (ws >= min_size) & finite)[0]
+        in_image = (cy < img_size[0]) & (cx < img_size[1])
+        keep = np.where((hs >= min_size) & (ws >= min_size) & finite & in_image)[0]
     roi, score = roi[keep], score[keep]
     order = np.argsort(-score, kind="stable")[:n_pre_nms]
     roi, score = roi[order], score[order]
@@ -128,6 +131,32 @@ def test_propose_hand_worked():
     np.testing.assert_array_equal(roi_mask, [1, 0, 0, 0, 0])
 
 
+def test_propose_drops_anchors_centred_in_the_padding_and_takes_a_min_height_and_width():
+    # A 40 x 48 image in a larger padded bucket.
+    anchors = np.array(
+        [
+            [0, 0, 20, 20],  # 0: score 0.5, 20 x 20
+            [30, 40, 50, 60],  # 1: best score; centre (40, 50) lies in the padding: dropped
+            [10, 10, 30, 50],  # 2: score 0.7; clipped to [10, 10, 30, 48], 20 x 38
+        ],
+        np.float32,
+    )
+    scores = np.array([0.5, 0.9, 0.7], np.float32)
+    deltas = np.zeros((3, 4), np.float32)
+    rois, roi_mask = propose_jit(
+        scores, deltas, anchors, (40, 48), pre_nms_top_n=3, post_nms_top_n=3, min_size=4.0
+    )
+    np.testing.assert_array_equal(roi_mask, [1, 1, 0])
+    np.testing.assert_allclose(rois, [[10, 10, 30, 48], [0, 0, 20, 20], [0] * 4], atol=1e-5)
+    # min_size (height 15, width 30): anchor 0 is 20 px wide, dropped; anchor 2 stays.
+    rois, roi_mask = propose_jit(
+        scores, deltas, anchors, (40, 48), pre_nms_top_n=3, post_nms_top_n=3,
+        min_size=np.array([15.0, 30.0], np.float32),
+    )  # fmt: skip
+    np.testing.assert_array_equal(roi_mask, [1, 0, 0])
+    np.testing.assert_allclose(rois[0], [10, 10, 30, 48], atol=1e-5)
+
+
 @settings(max_examples=8, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.sampled_from([0, 40]))
 def test_propose_matches_seed(seed, num_bad):
@@ -150,7 +179,7 @@ def test_propose_pre_nms_top_n_larger_than_anchors():
         IMAGE_SIZE,
         pre_nms_top_n=5000,
         post_nms_top_n=500,
-        nms_threshold=0.5,
+        nms_iou=0.5,
         min_size=8.0,
     )
     assert rois.shape == (500, 4) and 0 < roi_mask.sum() < 500

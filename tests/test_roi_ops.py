@@ -219,6 +219,31 @@ def test_roi_pool_bin_edges_are_exact(pool_path):
     assert out[0, 0, 0, 0] == 5
 
 
+@pytest.mark.parametrize("dtype", [np.float32, jnp.bfloat16])
+def test_roi_pool_accelerator_form_equals_cpu_form(dtype):
+    # The CPU form at this map size is the bin loop; accelerators take the sparse table.
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(9, 13, 3)).astype(np.float32)
+    features[2:6, 3:9] = 1.5  # a plateau: both must pick the first maximum
+    features[7:, :4] = -np.inf  # bins whose cells are all -inf still name their first cell
+    features = jnp.asarray(features, dtype)
+    rois = random_rois(rng, 40, 13 * 16)
+    edges = roi_ops.pool._roi_edges(rois, 9, 13, output_size=7, spatial_scale=1 / 16)
+    forms = (roi_ops.pool._cpu_bin_maxima, roi_ops.pool._accelerator_bin_maxima)
+    (cpu_values, cpu_cells), (values, cells) = (jax.jit(f)(features, edges) for f in forms)
+    # Empty bins are zeroed, and get no gradient, after either form; every other bin has
+    # the same maximum bit for bit and the same argmax cell, hence the same gradient.
+    row_lo, row_hi, col_lo, col_hi = (np.asarray(e) for e in edges)
+    full = (row_hi > row_lo)[:, :, None] & (col_hi > col_lo)[:, None, :]  # [R, O, O]
+    assert 0 < full.sum() < full.size
+    np.testing.assert_array_equal(np.asarray(values)[full], np.asarray(cpu_values)[full])
+    np.testing.assert_array_equal(np.asarray(cells)[full], np.asarray(cpu_cells)[full])
+    # Lowered for a GPU, roi_pool has no loop; for CPU at this size, the bin loop.
+    pool = jax.jit(functools.partial(roi_ops.roi_pool, output_size=7)).trace(features, rois)
+    assert "stablehlo.while" not in pool.lower(lowering_platforms=("cuda",)).as_text()
+    assert "stablehlo.while" in pool.lower(lowering_platforms=("cpu",)).as_text()
+
+
 @pytest.fixture(params=["matmul", "gather"])
 def align_path(request, monkeypatch):
     """roi_align's two exact implementations: interpolation matrices (small maps), tap gather."""

@@ -37,10 +37,10 @@ def test_deterministic_per_seed_split_index():
 
 def test_structure(examples):
     for ex in examples:
-        n = len(ex["gt_labels"])
+        n = len(ex["gt_classes"])
         assert ex["image"].shape == (*IMAGE_SIZE, 3) and ex["image"].dtype == np.uint8
         assert ex["gt_boxes"].shape == (n, 4) and ex["gt_boxes"].dtype == np.float32
-        assert ex["gt_labels"].dtype == np.int32
+        assert ex["gt_classes"].dtype == np.int32
         assert ex["masks"].shape == (n, *IMAGE_SIZE)
         assert n <= 4
 
@@ -100,9 +100,9 @@ def test_sizes_within_configured_range(examples):
 
 
 def test_class_coverage_and_empty_images(examples):
-    labels = np.concatenate([ex["gt_labels"] for ex in examples])
+    labels = np.concatenate([ex["gt_classes"] for ex in examples])
     assert set(labels.tolist()) == set(range(len(synthetic.CLASS_NAMES)))
-    counts = [len(ex["gt_labels"]) for ex in examples]
+    counts = [len(ex["gt_classes"]) for ex in examples]
     assert 0 in counts and max(counts) >= 3
 
 
@@ -110,7 +110,7 @@ def test_colour_is_not_a_class_cue(examples):
     """Every class appears in both dark and bright colours."""
     lumas = {label: [] for label in range(len(synthetic.CLASS_NAMES))}
     for ex in examples:
-        for label, mask in zip(ex["gt_labels"], ex["masks"]):
+        for label, mask in zip(ex["gt_classes"], ex["masks"]):
             lumas[label].append(ex["image"][mask].mean())
     for values in lumas.values():
         assert min(values) < 110 and max(values) > 140
@@ -133,7 +133,7 @@ def test_tf_source_matches_numpy_and_shards():
     first = _render(0, split="test")
     np.testing.assert_array_equal(elements[0]["image"], first["image"])
     np.testing.assert_array_equal(elements[0]["gt_boxes"], first["gt_boxes"])
-    np.testing.assert_array_equal(elements[0]["gt_labels"], first["gt_labels"])
+    np.testing.assert_array_equal(elements[0]["gt_classes"], first["gt_classes"])
     assert elements[0]["gt_difficult"].dtype == bool and not elements[0]["gt_difficult"].any()
     assert elements[3]["image_id"] == b"test/3"
     shard_ids = []

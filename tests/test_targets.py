@@ -152,6 +152,55 @@ def test_anchor_targets_hand_worked():
     np.testing.assert_array_equal(deltas[0], 0)  # anchor == gt
 
 
+@pytest.mark.parametrize(
+    "border_rule,expected",
+    [
+        # The seed: anchors 1 and 4 cross the border of image 1 (and anchor 1 of image 0).
+        ("ignore_crossing", [[0, -1, 0, 1, 0], [0, -1, 1, -1, -1]]),
+        # torchvision / detectron2: crossing anchors train; anchor 3 sits in image 1's padding.
+        ("train_crossing", [[0, 0, 0, 1, 0], [0, 0, 1, -1, 1]]),
+    ],
+)
+def test_anchor_targets_border_rules_on_a_padded_batch(border_rule, expected):
+    # A 64 x 64 bucket: image 0 fills it, image 1 is 40 x 48 (padding below y = 40 and right
+    # of x = 48). The same anchors for both, as in the model.
+    anchors = jnp.array(
+        [
+            [0, 0, 16, 16],  # 0: inside both images, IoU 0: negative
+            [-8, -8, 8, 8],  # 1: crosses the top-left corner, centre (0, 0), IoU 0
+            [16, 24, 40, 48],  # 2: inside image 1; holds its gt 0: IoU 480 / 576 = 0.83
+            [32, 40, 56, 64],  # 3: = image 0's gt; centre (44, 52) in image 1's padding
+            [28, 0, 44, 16],  # 4: crosses image 1's bottom; IoU 128 / 256 with its gt 1
+        ],
+        jnp.float32,
+    )
+    gt_boxes = jnp.array(
+        [
+            [[32, 40, 56, 64], [0, 0, 0, 0]],
+            [[20, 24, 40, 48], [32, 0, 40, 16]],  # gt 1: only crossing anchor 4 overlaps it
+        ],
+        jnp.float32,
+    )
+    gt_mask = jnp.array([[True, False], [True, True]])
+    image_sizes = jnp.array([[64, 64], [40, 48]], jnp.int32)
+    fn = functools.partial(anchor_targets, num_samples=256, border_rule=border_rule)
+    labels, deltas = jax.jit(jax.vmap(fn, in_axes=(0, None, 0, 0, 0)))(
+        jax.random.split(jax.random.key(0)), anchors, gt_boxes, gt_mask, image_sizes
+    )
+    np.testing.assert_array_equal(labels, expected)
+    if border_rule == "train_crossing":
+        # Anchor 4 (centre (36, 8), 16 x 16) -> gt 1 (centre (36, 8), 8 x 16).
+        np.testing.assert_allclose(deltas[1, 4], [0, 0, np.log(0.5), 0], atol=1e-6)
+
+
+def test_anchor_targets_rejects_an_unknown_border_rule():
+    with pytest.raises(ValueError, match="model.rpn.border_rule='inside'"):
+        anchor_targets(
+            jax.random.key(0), jnp.zeros((1, 4)), jnp.zeros((1, 4)), jnp.ones(1, bool), (8, 8),
+            border_rule="inside",
+        )  # fmt: skip
+
+
 def test_anchor_targets_ties_are_all_positive():
     # Both anchors overlap the gt by half its width: IoU 128 / 384 each, a tie.
     anchors = jnp.array([[0, 0, 16, 16], [0, 16, 16, 32]], jnp.float32)
@@ -291,7 +340,7 @@ def test_proposal_targets_hand_worked():
 def test_proposal_targets_match_seed(seed):
     rng = np.random.default_rng(seed)
     gt = random_gt(rng, 4)
-    gt_labels = rng.integers(0, 20, 4)
+    gt_classes = rng.integers(0, 20, 4)
     # RoIs: jittered copies of the gt (many positives) plus random boxes.
     jitter = np.repeat(gt, 15, axis=0) + rng.integers(-4, 5, size=(60, 4))
     rois = np.concatenate([jitter, random_gt(rng, 140)]).astype(np.float32)
@@ -302,7 +351,7 @@ def test_proposal_targets_match_seed(seed):
         rois,
         np.ones(200, bool),
         gt,
-        gt_labels,
+        gt_classes,
         np.ones(4, bool),
         num_samples=32,
     )
@@ -316,7 +365,7 @@ def test_proposal_targets_match_seed(seed):
     chosen = [index_of[tuple(r)] for r in out_rois[mask]]
     assert set(chosen[:num_pos]) <= set(pos_index) and set(chosen[num_pos:]) <= set(neg_index)
     pos = np.array(chosen[:num_pos])
-    np.testing.assert_array_equal(labels[:num_pos], gt_labels[assignment[pos]] + 1)
+    np.testing.assert_array_equal(labels[:num_pos], gt_classes[assignment[pos]] + 1)
     expected = np_bbox2loc(cand[pos], gt[assignment[pos]]) / [0.1, 0.1, 0.2, 0.2]
     np.testing.assert_allclose(deltas[:num_pos], expected, rtol=1e-5, atol=1e-5)
     assert np.all(deltas[num_pos:] == 0)
@@ -357,15 +406,15 @@ def test_proposal_targets_no_gt_and_degenerate():
 def test_proposal_targets_padding_invariance(seed, num_gt, garbage):
     rng = np.random.default_rng(seed)
     gt = random_gt(rng, 4)
-    gt_labels = rng.integers(0, 5, 4)
+    gt_classes = rng.integers(0, 5, 4)
     rois = np.concatenate([gt + rng.integers(-3, 4, size=(4, 4)), random_gt(rng, 28)])
     mask = np.arange(4) < num_gt
     key = jax.random.key(seed)
     roi_mask = np.ones(32, bool)
-    expected = proposal_targets_jit(key, rois, roi_mask, gt, gt_labels, mask, num_samples=16)
+    expected = proposal_targets_jit(key, rois, roi_mask, gt, gt_classes, mask, num_samples=16)
     garbage = np.asarray(garbage, np.float32).reshape(3, 4)
     padded = np.concatenate([np.where(mask[:, None], gt, garbage[:1]), garbage])
-    padded_labels = np.concatenate([np.where(mask, gt_labels, 99), [7, 8, 9]])
+    padded_labels = np.concatenate([np.where(mask, gt_classes, 99), [7, 8, 9]])
     got = proposal_targets_jit(
         key, rois, roi_mask, padded, padded_labels, np.pad(mask, (0, 3)), num_samples=16
     )
@@ -378,16 +427,16 @@ def test_proposal_targets_vmap_equals_loop():
     gt = np.stack([random_gt(rng, 3) for _ in range(2)])
     rois = np.stack([np.concatenate([g + 1, random_gt(rng, 20)]) for g in gt])
     roi_mask = np.arange(23) < np.array([[23], [12]])
-    gt_labels = rng.integers(0, 5, (2, 3))
+    gt_classes = rng.integers(0, 5, (2, 3))
     gt_mask = np.array([[1, 1, 0], [1, 1, 1]], bool)
     keys = jax.random.split(jax.random.key(1), 2)
     f = functools.partial(proposal_targets, num_samples=16)
-    batched = jax.jit(jax.vmap(f))(keys, rois, roi_mask, gt, gt_labels, gt_mask)
+    batched = jax.jit(jax.vmap(f))(keys, rois, roi_mask, gt, gt_classes, gt_mask)
     # Per-image jit, not eager: eager op-by-op compiles cost seconds here, and
     # jit == eager is checked for anchor_targets, built from the same ops.
     for i in range(2):
         single = proposal_targets_jit(
-            keys[i], rois[i], roi_mask[i], gt[i], gt_labels[i], gt_mask[i], num_samples=16
+            keys[i], rois[i], roi_mask[i], gt[i], gt_classes[i], gt_mask[i], num_samples=16
         )
         for b, e in zip(batched, single):
             np.testing.assert_array_equal(b[i], e)

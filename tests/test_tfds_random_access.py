@@ -57,7 +57,7 @@ def _loaded(source):
 def _assert_same_examples(got, want):
     assert got.keys() == want.keys()
     for image_id, example in want.items():
-        for key in ("image", "gt_boxes", "gt_labels", "gt_difficult"):
+        for key in ("image", "gt_boxes", "gt_classes", "gt_difficult"):
             np.testing.assert_array_equal(got[image_id][key], example[key], err_msg=key)
 
 

@@ -98,9 +98,9 @@ def test_voc2007_exact_pixel_boxes(data_dir):
     for image_id, (boxes, labels, difficult) in EXPECTED_2007.items():
         example = examples[image_id]
         assert example["image"].dtype == np.uint8 and example["image"].shape[2] == 3
-        assert example["gt_boxes"].dtype == np.float32 and example["gt_labels"].dtype == np.int32
+        assert example["gt_boxes"].dtype == np.float32 and example["gt_classes"].dtype == np.int32
         np.testing.assert_allclose(example["gt_boxes"], boxes, atol=1e-4)
-        np.testing.assert_array_equal(example["gt_labels"], labels)
+        np.testing.assert_array_equal(example["gt_classes"], labels)
         np.testing.assert_array_equal(example["gt_difficult"], difficult)
     assert examples[b"000001"]["image"].shape == (40, 60, 3)
 
@@ -137,7 +137,7 @@ def test_coco_crowd_boxes_dropped_in_training_difficult_in_eval():
     }
     train = tfds_source._to_raw(example, one_based_inclusive=False, drop_crowd=True)
     np.testing.assert_allclose(train["gt_boxes"], [[4, 6, 20, 30]], atol=1e-4)
-    np.testing.assert_array_equal(train["gt_labels"], [3])
+    np.testing.assert_array_equal(train["gt_classes"], [3])
     np.testing.assert_array_equal(train["gt_difficult"], [False])
     evaluation = tfds_source._to_raw(example, one_based_inclusive=False, drop_crowd=False)
     np.testing.assert_array_equal(evaluation["gt_difficult"], [False, True])
@@ -188,7 +188,7 @@ def test_boxes_after_resize_and_pad_through_create_dataset(data_dir):
     np.testing.assert_allclose(batch["gt_boxes"][second, 0], [5, 2.5, 75, 50], atol=1e-3)
     np.testing.assert_array_equal(batch["gt_valid"][first], [True, True, False, False])
     np.testing.assert_array_equal(batch["gt_mask"][first], [True, False, False, False])  # difficult
-    np.testing.assert_array_equal(batch["gt_labels"][first, :2], [DOG, PERSON])
+    np.testing.assert_array_equal(batch["gt_classes"][first, :2], [DOG, PERSON])
 
 
 def test_flipped_boxes_follow_the_flipped_image(data_dir):
@@ -214,3 +214,26 @@ def test_flipped_boxes_follow_the_flipped_image(data_dir):
 def test_class_names_without_building_a_dataset(data_dir):
     config = _config(data_dir, train_split="train+validation", eval_split="test")
     assert tfds_source.class_names(config)[:2] == ("aeroplane", "bicycle")
+
+
+@pytest.mark.parametrize("exclude_difficult", [True, False])
+def test_count_training_examples_reads_no_image_and_matches_the_pipeline_filter(
+    data_dir, exclude_difficult
+):
+    from frcnn_jax import data as data_lib
+
+    config = _config(data_dir, "voc/2007,voc/2012")
+    options = dict(split="train+validation", exclude_difficult=exclude_difficult)
+    examples, _ = _read(config, "train+validation", training=True)
+    expected = sum(
+        bool(np.any(~ex["gt_difficult"] if exclude_difficult else ex["gt_classes"] >= 0))
+        for ex in examples.values()
+    )
+    assert tfds_source.count_training_examples(config, **options, skip_empty=True) == expected
+    assert tfds_source.count_training_examples(config, **options, skip_empty=False) == len(examples)
+    # The generic path of frcnn_jax.data (a pass over the decoded raw source) agrees.
+    config.update(dict(train_split="train+validation", skip_empty=True))
+    config.exclude_difficult = exclude_difficult
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delattr(tfds_source, "count_training_examples")
+        assert data_lib.count_training_examples(config) == expected

@@ -1,4 +1,4 @@
-"""Pictures of anchors, sampled anchors, proposals and detections (frcnn_jax.visualize)."""
+"""Pictures of anchors, sampled anchors, proposals and detections (inference/visualize.py)."""
 
 import jax
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from frcnn_jax import anchors as anchors_lib
-from frcnn_jax import visualize
+from frcnn_jax.inference import visualize
 
 
 def _image(height=40, width=60):

@@ -57,10 +57,10 @@ def test_exact_boxes_labels_and_flags(root):
     assert a["image"].shape == (20, 30, 3) and a["image"].dtype == np.uint8
     np.testing.assert_array_equal(a["gt_boxes"], [[0, 0, 20, 30], [2, 4, 8, 14]])
     assert a["gt_boxes"].dtype == np.float32
-    np.testing.assert_array_equal(a["gt_labels"], [1, 2])
+    np.testing.assert_array_equal(a["gt_classes"], [1, 2])
     np.testing.assert_array_equal(a["gt_difficult"], [False, True])
     np.testing.assert_array_equal(b["gt_boxes"], [[1, 1, 2, 2]])  # devkit pixel (2, 2): 1x1 box
-    assert c["gt_boxes"].shape == (0, 4) and c["gt_labels"].shape == (0,)
+    assert c["gt_boxes"].shape == (0, 4) and c["gt_classes"].shape == (0,)
     assert c["image"].shape == (18, 12, 3)
     records, problems = _scan(root)
     np.testing.assert_array_equal(records[0].gt_truncated, [False, True])
@@ -88,14 +88,20 @@ def test_training_shuffle_is_seeded(root):
 def test_class_names_sources(root):
     assert voc_dir.class_names(_config(root, ["dog", " cat "])) == ("dog", "cat")
     assert voc_dir.class_names(_config(root, "voc")) == voc_dir.VOC_CLASSES
-    with pytest.raises(voc_dir.VocDirError, match="classes.txt with one class name per line"):
-        voc_dir.class_names(_config(root))
+    # No data.classes and no classes.txt: the sorted names of every XML file, whatever the split.
+    assert voc_dir.class_names(_config(root)) == ("cat", "dog", "person")
     (root / "classes.txt").write_text("person\n\ncat\ndog\n")
     examples, names = _read(root, classes=None)
     assert names == ("person", "cat", "dog")
-    np.testing.assert_array_equal(examples[0]["gt_labels"], [2, 0])
+    np.testing.assert_array_equal(examples[0]["gt_classes"], [2, 0])
     with pytest.raises(voc_dir.VocDirError, match=r"Duplicate class names.*\['a'\]"):
         voc_dir.class_names(_config(root, "a,b,a"))
+
+
+def test_no_class_names_anywhere_is_explained(tmp_path):
+    empty = write_voc_layout(tmp_path / "voc", [FakeExample("a", height=8, width=8)], {})
+    with pytest.raises(voc_dir.VocDirError, match="name no object.*classes.txt"):
+        voc_dir.class_names(_config(empty))
 
 
 def test_unknown_class_names_file_and_class(root):
@@ -115,7 +121,7 @@ def test_bad_boxes_are_clipped_or_dropped_and_counted(root):
     write_voc_layout(root, [FakeExample("a", height=20, width=30, objects=objects)], {})
     records, problems = _scan(root, "train")
     np.testing.assert_array_equal(records[0].gt_boxes, [[0, 0, 10, 30], [0, 1.5, 4, 7.5]])
-    np.testing.assert_array_equal(records[0].gt_labels, [0, 1])
+    np.testing.assert_array_equal(records[0].gt_classes, [0, 1])
     assert problems.counts == {
         "box clipped to the image": 1,
         "box with xmax < xmin or ymax < ymin dropped": 1,
@@ -195,9 +201,37 @@ def test_structural_problems_raise_naming_the_file(root, break_it, message):
         _read(root, "train")
 
 
-def test_missing_root_is_explained():
+def test_missing_root_is_explained(tmp_path):
     with pytest.raises(voc_dir.VocDirError, match="data.root is not set"):
         voc_dir.source(_config(""), split="train", training=False, seed=0)
+    # The folder itself is named first, not the class names it would have held.
+    missing = tmp_path / "no" / "such" / "dir"
+    for classes in (None, CLASSES_FLAG):
+        with pytest.raises(voc_dir.VocDirError, match=f"data.root={missing} is not a folder"):
+            voc_dir.source(_config(missing, classes), split="train", training=False, seed=0)
+
+
+def test_errors_share_the_data_error_base(root):
+    from frcnn_jax.data import DataError, coco_json, decode
+
+    assert issubclass(voc_dir.VocDirError, DataError) and issubclass(DataError, ValueError)
+    assert issubclass(coco_json.CocoJsonError, DataError)
+    assert issubclass(decode.ImageError, DataError)
+
+
+def test_records_read_headers_not_pixels(root):
+    from frcnn_jax import data
+
+    config = _config(root, CLASSES_FLAG)
+    config.name = "voc_dir"
+    found = data.records(config, "trainval")
+    assert [(r.image_id, r.image_size) for r in found] == [
+        ("a", (20, 30)),
+        ("b", (16, 24)),
+        ("c", (18, 12)),
+    ]
+    np.testing.assert_array_equal(found[0].gt_boxes, [[0, 0, 20, 30], [2, 4, 8, 14]])
+    np.testing.assert_array_equal(found[0].gt_difficult, [False, True])
 
 
 def test_boxes_after_resize_and_pad_through_create_dataset(root):
@@ -223,3 +257,13 @@ def test_boxes_after_resize_and_pad_through_create_dataset(root):
     np.testing.assert_array_equal(batch["image_sizes"][0], [40, 60])
     np.testing.assert_allclose(batch["gt_boxes"][0], [[0, 0, 40, 60], [4, 8, 16, 28]], atol=1e-3)
     np.testing.assert_array_equal(batch["gt_mask"][0], [True, False])  # the person is difficult
+
+
+def test_count_training_examples_from_the_annotations(root):
+    def count(**kwargs):
+        return voc_dir.count_training_examples(_config(root, CLASSES_FLAG), **kwargs)
+
+    # a: a dog and a difficult person; b: a 1-pixel cat; c: no object.
+    assert count(split="trainval", exclude_difficult=True, skip_empty=True) == 2
+    assert count(split="trainval", exclude_difficult=True, skip_empty=False) == 3
+    assert count(split="val", exclude_difficult=False, skip_empty=True) == 0

@@ -3,18 +3,22 @@
 Shape shorthand: B batch (per process), G max gt boxes (data.max_boxes), N boxes of one raw
 example, Hb x Wb a bucket (padded image) shape.
 
-A source (``data.name``: "synthetic", "tfds", "voc_dir") yields unbatched raw examples:
+A source (``data.name``: "synthetic", "tfds", "voc_dir", "coco_json") yields unbatched raw examples:
   "image" uint8 [H, W, 3] RGB, "image_id" tf.string [], "gt_boxes" float32 [N, 4] (ymin, xmin, ymax,
-  xmax) continuous pixels of the original image, "gt_labels" int32 [N] 0-based,
+  xmax) continuous pixels of the original image, "gt_classes" int32 [N] 0-based,
   "gt_difficult" bool [N].
 
 ``create_dataset(...)`` returns a ``DetectionDataset`` (``.info`` is a ``DatasetInfo``) whose
 iteration yields NumPy batches (rules in ``frcnn_jax.data.pipeline``):
   "images" uint8 [B, Hb, Wb, 3], "image_sizes" int32 [B, 2], "orig_sizes" int32 [B, 2],
   "scales" float32 [B, 2] (resized = orig * scale), "gt_boxes" float32 [B, G, 4] resized pixels,
-  "gt_labels" int32 [B, G], "gt_mask" / "gt_difficult" / "gt_valid" bool [B, G],
+  "gt_classes" int32 [B, G], "gt_mask" / "gt_difficult" / "gt_valid" bool [B, G],
   "example_mask" bool [B], "image_ids" bytes object [B] (host only).
 ``prefetch_to_device`` moves every array but "image_ids" to devices ahead of the step.
+
+A dataset the user must fix raises ``DataError`` (one line naming the file or field); entry
+scripts print it instead of a traceback. ``records(data_config, split)`` gives the split's
+annotations without decoding images (where the source allows) for ``frcnn_jax.data.stats``.
 """
 
 from __future__ import annotations
@@ -26,28 +30,33 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow as tf
 
-from frcnn_jax.data import indexed, pipeline
+from frcnn_jax.data import image_records, indexed, pipeline
+from frcnn_jax.data.errors import DataError
 from frcnn_jax.data.iterators import NumpyIterator, prefetch_to_device
 from frcnn_jax.data.pipeline import bucket_shapes
 
 __all__ = [
+    "DataError",
     "DatasetInfo",
     "DetectionDataset",
     "NumpyIterator",
     "bucket_shapes",
+    "count_training_examples",
     "create_dataset",
     "create_source",
     "get_class_names",
     "prefetch_to_device",
+    "records",
 ]
 
 # data.name -> module exposing source(data_config, *, split, training, seed, process_index,
-# process_count) and optionally class_names(data_config); imported on use so that a missing
-# optional dependency only breaks its own source.
+# process_count) and optionally class_names(data_config) and records(data_config, split);
+# imported on use so that a missing optional dependency only breaks its own source.
 _SOURCES = {
     "synthetic": "frcnn_jax.data.synthetic",
     "tfds": "frcnn_jax.data.tfds_source",
     "voc_dir": "frcnn_jax.data.voc_dir",
+    "coco_json": "frcnn_jax.data.coco_json",
 }
 
 
@@ -105,6 +114,19 @@ def get_class_names(data_config) -> tuple[str, ...]:
         process_count=1,
     )
     return tuple(names)
+
+
+def records(data_config, split: str) -> list:
+    """Per-image annotation records of ``split`` (``image_records.ImageRecord`` fields).
+
+    Sources that know their boxes and image sizes without decoding (voc_dir, coco_json,
+    synthetic) answer directly; any other source is read through its raw examples.
+    """
+    module = _source_module(data_config)
+    if hasattr(module, "records"):
+        return list(module.records(data_config, split))
+    dataset, _ = create_source(data_config, split=split, training=False, seed=0)
+    return image_records.from_raw_examples(dataset)
 
 
 def create_source(
@@ -203,3 +225,33 @@ def create_dataset(
     )
     info = DatasetInfo(tuple(class_names), shapes, int(data_config.max_boxes))
     return DetectionDataset(batches, info, split)
+
+
+def count_training_examples(data_config) -> int:
+    """Images of ``data.train_split`` that one training epoch visits, over all processes.
+
+    Every image, or with ``data.skip_empty`` those with at least one training box (a usable
+    box, not difficult when ``data.exclude_difficult``), as ``create_dataset`` filters them.
+    Sources that can count from their annotations do (``count_training_examples`` in the
+    source module: voc_dir, tfds; no image is decoded); otherwise one pass over the raw source.
+    """
+    module = _source_module(data_config)
+    options = {
+        "split": data_config.train_split,
+        "exclude_difficult": bool(data_config.exclude_difficult),
+        "skip_empty": bool(data_config.skip_empty),
+    }
+    if hasattr(module, "count_training_examples"):
+        return int(module.count_training_examples(data_config, **options))
+    raw, _ = module.source(
+        data_config,
+        split=options["split"],
+        training=True,  # crowd boxes are dropped as in training
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
+    if options["skip_empty"]:
+        exclude = options["exclude_difficult"]
+        raw = raw.filter(lambda ex: pipeline.has_training_boxes(ex, exclude_difficult=exclude))
+    return int(raw.reduce(np.int64(0), lambda count, _: count + 1))

@@ -25,11 +25,13 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
+from frcnn_jax.data.errors import DataError
+
 # What Pillow raises for missing, unidentified (an OSError), truncated and decompression-bomb files.
 _PIL_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class ImageError(ValueError):
+class ImageError(DataError):
     """An image file that cannot be read; the message names the file."""
 
 

@@ -35,7 +35,7 @@ def fill_element(bucket, *, max_boxes: int) -> dict[str, tf.Tensor]:
         "orig_sizes": bucket,
         "scales": tf.ones([2], tf.float32),
         "gt_boxes": tf.zeros([max_boxes, 4], tf.float32),
-        "gt_labels": tf.zeros([max_boxes], tf.int32),
+        "gt_classes": tf.zeros([max_boxes], tf.int32),
         "gt_mask": zeros_g,
         "gt_difficult": zeros_g,
         "gt_valid": zeros_g,

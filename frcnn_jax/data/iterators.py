@@ -15,6 +15,8 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from frcnn_jax.data.errors import DataError
+
 
 class NumpyIterator:
     """Iterates a tf.data.Dataset as NumPy structures; closed when the interpreter exits.
@@ -28,7 +30,7 @@ class NumpyIterator:
 
     def __init__(self, dataset: tf.data.Dataset, *, empty_error: str | None = None):
         self._iterator = dataset.as_numpy_iterator()
-        self._empty_error = empty_error  # raised (ValueError) if the very first next() stops
+        self._empty_error = empty_error  # raised (DataError) if the very first next() stops
         NumpyIterator._live.add(self)
 
     def __iter__(self):
@@ -41,7 +43,7 @@ class NumpyIterator:
             element = next(self._iterator)
         except StopIteration:
             if self._empty_error:
-                raise ValueError(self._empty_error) from None
+                raise DataError(self._empty_error) from None
             raise
         self._empty_error = None
         return element

@@ -129,7 +129,7 @@ def preprocess(
 
     Args:
       example: raw source dict ("image" uint8 [H, W, 3], "image_id" string, "gt_boxes" float32
-        [N, 4] (ymin, xmin, ymax, xmax) original pixels, "gt_labels" int32 [N],
+        [N, 4] (ymin, xmin, ymax, xmax) original pixels, "gt_classes" int32 [N],
         "gt_difficult" bool [N]).
       flip: bool scalar, mirror this example horizontally.
       buckets: sorted (Hb, Wb) shapes from ``bucket_shapes``.
@@ -138,7 +138,7 @@ def preprocess(
 
     Returns:
       dict "images" uint8 [Hb, Wb, 3], "image_sizes" int32 [2], "orig_sizes" int32 [2],
-      "scales" float32 [2], "gt_boxes" float32 [G, 4] resized pixels, "gt_labels" int32 [G],
+      "scales" float32 [2], "gt_boxes" float32 [G, 4] resized pixels, "gt_classes" int32 [G],
       "gt_mask", "gt_difficult", "gt_valid" bool [G], "example_mask" bool [], "image_ids".
     """
     image = example["image"]
@@ -153,7 +153,7 @@ def preprocess(
     scales = tf.cast(tf.stack([new_h, new_w]), tf.float32) / tf.cast(shape[:2], tf.float32)
 
     boxes, usable = usable_boxes(example)
-    labels = tf.boolean_mask(tf.cast(example["gt_labels"], tf.int32), usable)
+    labels = tf.boolean_mask(tf.cast(example["gt_classes"], tf.int32), usable)
     difficult = tf.boolean_mask(tf.cast(example["gt_difficult"], tf.bool), usable)
     boxes = tf.boolean_mask(boxes, usable) * tf.tile(scales, [2])
     size = tf.cast(tf.stack([new_h, new_w, new_h, new_w]), tf.float32)
@@ -180,7 +180,7 @@ def preprocess(
         "orig_sizes": shape[:2],
         "scales": scales,
         "gt_boxes": tf.reshape(_pad_rows(boxes, max_boxes), [max_boxes, 4]),
-        "gt_labels": tf.reshape(_pad_rows(labels, max_boxes), [max_boxes]),
+        "gt_classes": tf.reshape(_pad_rows(labels, max_boxes), [max_boxes]),
         "gt_mask": tf.reshape(mask, [max_boxes]),
         "gt_difficult": tf.reshape(difficult, [max_boxes]),
         "gt_valid": tf.reshape(valid, [max_boxes]),

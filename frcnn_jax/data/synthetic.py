@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from frcnn_jax.data.example_cache import ExampleCache
+from frcnn_jax.data.image_records import ImageRecord
 from frcnn_jax.data.index import ExampleIndex, RandomAccessSource
 
 CLASS_NAMES = ("rectangle", "ellipse", "triangle", "cross")
@@ -154,7 +155,7 @@ def render_example(
 
     Returns:
       dict with "image" uint8 [H, W, 3]; "gt_boxes" float32 [N, 4] (ymin, xmin, ymax, xmax) exact
-      tight bounds of "masks" bool [N, H, W]; "gt_labels" int32 [N] indices into CLASS_NAMES.
+      tight bounds of "masks" bool [N, H, W]; "gt_classes" int32 [N] indices into CLASS_NAMES.
     """
     if split not in SPLITS:
         raise ValueError(f"synthetic split {split!r} unknown; expected one of {SPLITS}")
@@ -199,7 +200,7 @@ def render_example(
     return {
         "image": np.clip(np.round(image), 0, 255).astype(np.uint8),
         "gt_boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
-        "gt_labels": np.array(labels, dtype=np.int32),
+        "gt_classes": np.array(labels, dtype=np.int32),
         "masks": np.array(masks, dtype=bool).reshape(-1, height, width),
     }
 
@@ -226,12 +227,32 @@ def class_names(data_config) -> tuple[str, ...]:
     return CLASS_NAMES
 
 
+def records(data_config, split: str) -> list[ImageRecord]:
+    """Annotation records of every image of ``split`` (draws each image once to place its boxes)."""
+    options = render_options(data_config)
+    render_example(0, split=split, **options)  # validates split and sizes
+    cfg = data_config.synthetic
+    found = []
+    for index in range(int(cfg.num_train if split == "train" else cfg.num_eval)):
+        example = render_example(index, split=split, **options)
+        found.append(
+            ImageRecord(
+                image_id=f"{split}/{index}",
+                image_size=options["image_size"],
+                gt_boxes=example["gt_boxes"],
+                gt_classes=example["gt_classes"],
+                gt_difficult=np.zeros(len(example["gt_classes"]), bool),
+            )
+        )
+    return found
+
+
 def _draw(index, *, split, options):
     """(image uint8 [H, W, 3], boxes float32 [N, 4], labels int32 [N]) tensors of one example."""
 
     def generate(i):
         example = render_example(int(i), split=split, **options)
-        return example["image"], example["gt_boxes"], example["gt_labels"]
+        return example["image"], example["gt_boxes"], example["gt_classes"]
 
     image, boxes, labels = tf.numpy_function(
         generate, [index], (tf.uint8, tf.float32, tf.int32), stateful=False
@@ -264,7 +285,7 @@ def _examples(data_config, split):
             "image": image,
             "image_id": tf.strings.join([split, tf.strings.as_string(index)], separator="/"),
             "gt_boxes": boxes,
-            "gt_labels": labels,
+            "gt_classes": labels,
             "gt_difficult": tf.zeros_like(labels, dtype=tf.bool),
         }
 

@@ -43,6 +43,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 
+from frcnn_jax.data import pipeline
+
 # Builders whose boxes are devkit 1-based inclusive pixel indices divided by the image size.
 _ONE_BASED_INCLUSIVE = frozenset({"voc"})
 # "NAME:SPLIT" with NAME a tfds name (optionally /config and :version); "train[:10%]" is no match.
@@ -125,7 +127,7 @@ def _to_raw(example, *, one_based_inclusive: bool, drop_crowd: bool):
         "image": image,
         "image_id": _image_id(example),
         "gt_boxes": tf.reshape(boxes, [-1, 4]),
-        "gt_labels": labels,
+        "gt_classes": labels,
         "gt_difficult": difficult,
     }
 
@@ -177,6 +179,45 @@ def class_names(data_config) -> tuple[str, ...]:
     name = parse_split_spec(data_config.get("tfds_name") or "", ",".join(splits))[0][0]
     builder = _prepared_builder(name, data_config.get("tfds_data_dir") or None, jax.process_count())
     return _class_names(builder)
+
+
+def _header_sized(example):
+    """The example with its encoded image replaced by an empty [H, W, 0] tensor of its size
+    (JPEG: read from the header, nothing decoded; other formats are decoded)."""
+    encoded = example["image"]
+    shape = tf.cond(
+        tf.io.is_jpeg(encoded),
+        lambda: tf.image.extract_jpeg_shape(encoded),
+        lambda: tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False)),
+    )
+    return {**example, "image": tf.zeros(tf.stack([shape[0], shape[1], 0]), tf.uint8)}
+
+
+def count_training_examples(
+    data_config, *, split: str, exclude_difficult: bool, skip_empty: bool
+) -> int:
+    """Examples of ``split`` a training epoch visits (``frcnn_jax.data.count_training_examples``):
+    the tfds split sizes, or with ``skip_empty`` a pass over the annotations (crowd boxes
+    dropped, as in training) with image sizes from the JPEG headers."""
+    data_dir = data_config.get("tfds_data_dir") or None
+    total = 0
+    for name, part_split in parse_split_spec(data_config.get("tfds_name") or "", split):
+        builder = _prepared_builder(name, data_dir, 1)
+        dataset = builder.as_dataset(
+            split=part_split, decoders={"image": tfds.decode.SkipDecoding()}
+        )
+        if not skip_empty:
+            total += int(dataset.cardinality())
+            continue
+        one_based = builder.name in _ONE_BASED_INCLUSIVE
+
+        def usable(example, one_based=one_based):
+            raw = _to_raw(_header_sized(example), one_based_inclusive=one_based, drop_crowd=True)
+            return pipeline.has_training_boxes(raw, exclude_difficult=exclude_difficult)
+
+        dataset = dataset.filter(usable)
+        total += int(dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1))
+    return total
 
 
 def source(

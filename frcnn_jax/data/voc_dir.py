@@ -4,10 +4,12 @@ Layout (the VOC devkit's, also written by LabelImg and most annotation tools):
   ROOT/JPEGImages/<id>.jpg (or .jpeg/.png/.bmp, or the XML <filename>)
   ROOT/Annotations/<id>.xml
   ROOT/ImageSets/Main/<split>.txt     one image id per line; "trainval+test" reads both files
-  ROOT/classes.txt                    one class name per line (unless data.classes is set)
+  ROOT/classes.txt                    one class name per line (optional, see below)
 
-Config: data.root, data.classes ("a,b,c", a list, "voc" for the 20 VOC classes, or empty to read
-ROOT/classes.txt); the split string comes from data.train_split / data.eval_split.
+Config: data.root, data.classes ("a,b,c", a list, "voc" for the 20 VOC classes, or empty); the
+split string comes from data.train_split / data.eval_split. Class names (index = label) come from
+data.classes, else ROOT/classes.txt, else the sorted names found in ROOT/Annotations/*.xml (every
+file, whatever the split, so that training and evaluation agree; logged).
 
 Boxes: the XML holds 1-based inclusive pixel indices; a box covering a W x H image is
 xmin=1..xmax=W. In continuous 0-based coordinates (the project's convention) pixel i spans
@@ -19,7 +21,8 @@ images are decoded in a parallel tf.data map by `decode.tf_load_rgb_or_skip` (Pi
 name the file).
 
 Bad input policy (every skip is counted and logged with example file names via absl):
-  error   missing ROOT/Annotations or ROOT/JPEGImages, missing or empty split file, no class names,
+  error   missing ROOT, ROOT/Annotations or ROOT/JPEGImages, missing or empty split file, no
+          class names,
           malformed XML, an object with an unknown class or missing/non-numeric coordinates,
           nothing left after skipping
   skip    examples whose annotation file or image is missing, or whose image header is unreadable
@@ -43,8 +46,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from frcnn_jax.data import decode
-from frcnn_jax.data.index import ExampleIndex, RandomAccessSource
+from frcnn_jax.data import decode, image_records
+from frcnn_jax.data.errors import DataError
+from frcnn_jax.data.index import RandomAccessSource
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -57,7 +61,7 @@ _MAX_NAMED_FILES = 5
 _BNDBOX_TAGS = ("xmin", "ymin", "xmax", "ymax")
 
 
-class VocDirError(ValueError):
+class VocDirError(DataError):
     """A problem with the dataset folder that the user must fix; the message names the file."""
 
 
@@ -69,7 +73,7 @@ class VocRecord:
     image_path: str
     image_size: tuple[int, int]  # (height, width) from the image header
     gt_boxes: np.ndarray  # float32 [N, 4]
-    gt_labels: np.ndarray  # int32 [N], index into class_names
+    gt_classes: np.ndarray  # int32 [N], index into class_names
     gt_difficult: np.ndarray  # bool [N]
     gt_truncated: np.ndarray  # bool [N]
 
@@ -92,20 +96,37 @@ class Problems:
             room = _MAX_NAMED_FILES - len(self.files[kind])
             self.files[kind].extend(other.files[kind][:room])
 
-    def log(self, root: str) -> None:
+    def log(self, where: str, *, source: str = "voc_dir") -> None:
         for kind, count in sorted(self.counts.items()):
-            logging.warning("voc_dir %s: %d x %s, e.g. %s", root, count, kind, self.files[kind])
+            logging.warning("%s %s: %d x %s, e.g. %s", source, where, count, kind, self.files[kind])
 
 
 def _root(data_config) -> str:
     root = data_config.get("root") or ""
     if not root:
         raise VocDirError("data.root is not set: pass --config.data.root=/path/to/voc-folder")
+    if not os.path.isdir(root):
+        raise VocDirError(f"voc_dir data.root={root} is not a folder (does it exist?).")
     return root
 
 
+def _names_in_annotations(root: str) -> tuple[str, ...]:
+    """Sorted object names over every ROOT/Annotations/*.xml file."""
+    folder = os.path.join(root, "Annotations")
+    if not os.path.isdir(folder):
+        raise VocDirError(f"voc_dir folder {folder} does not exist.")
+    paths = sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".xml"))
+
+    def names(path):
+        return {(obj.findtext("name") or "").strip() for obj in _read_xml(path).findall("object")}
+
+    with concurrent.futures.ThreadPoolExecutor(_NUM_SCAN_THREADS) as pool:
+        found = set().union(*pool.map(names, paths)) - {""}
+    return tuple(sorted(found))
+
+
 def class_names(data_config) -> tuple[str, ...]:
-    """Class names from data.classes ("a,b,c" | list | "voc") or else data.root/classes.txt."""
+    """Class names from data.classes ("a,b,c" | list | "voc"), data.root/classes.txt or the XMLs."""
     root = _root(data_config)
     classes = data_config.get("classes") or ()
     if isinstance(classes, str):
@@ -114,16 +135,20 @@ def class_names(data_config) -> tuple[str, ...]:
     origin = "data.classes"
     if not names:
         path = os.path.join(root, "classes.txt")
-        if not os.path.isfile(path):
-            raise VocDirError(
-                f"No class names for voc_dir {root}: set --config.data.classes=a,b,c or write "
-                f"{path} with one class name per line."
-            )
-        with open(path, encoding="utf-8") as f:
-            names = tuple(line.strip() for line in f if line.strip())
-        origin = path
-        if not names:
-            raise VocDirError(f"{path} lists no class names (expected one name per line).")
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                names = tuple(line.strip() for line in f if line.strip())
+            origin = path
+            if not names:
+                raise VocDirError(f"{path} lists no class names (expected one name per line).")
+        else:
+            names = _names_in_annotations(root)
+            if not names:
+                raise VocDirError(
+                    f"No class names for voc_dir {root}: its Annotations/*.xml name no object; "
+                    f"set --config.data.classes=a,b,c or write {path} (one name per line)."
+                )
+            logging.info("voc_dir %s: no classes.txt; classes from the XML files: %s", root, names)
     duplicates = sorted(name for name, n in collections.Counter(names).items() if n > 1)
     if duplicates:
         raise VocDirError(f"Duplicate class names in {origin}: {duplicates}")
@@ -192,7 +217,7 @@ def _objects(
     """Objects of one VOC XML file as arrays, boxes converted and clipped to `image_size` (h, w).
 
     Returns {"gt_boxes": float32 [N, 4] (ymin, xmin, ymax, xmax) continuous 0-based pixels,
-    "gt_labels": int32 [N], "gt_difficult": bool [N], "gt_truncated": bool [N]}.
+    "gt_classes": int32 [N], "gt_difficult": bool [N], "gt_truncated": bool [N]}.
     """
     height, width = image_size
     if _size_in_xml(annotation) not in (None, image_size):
@@ -229,7 +254,7 @@ def _objects(
         truncated.append(_flag(obj, "truncated"))
     return {
         "gt_boxes": np.asarray(boxes, np.float32).reshape(-1, 4),
-        "gt_labels": np.asarray(labels, np.int32),
+        "gt_classes": np.asarray(labels, np.int32),
         "gt_difficult": np.asarray(difficult, bool),
         "gt_truncated": np.asarray(truncated, bool),
     }
@@ -294,6 +319,14 @@ def scan_split(
     return records, problems
 
 
+def records(data_config, split: str) -> list[VocRecord]:
+    """Every usable example of ``split`` as parsed records (image headers only, no decode)."""
+    root = _root(data_config)
+    found, problems = scan_split(root, split, class_names=class_names(data_config))
+    problems.log(root)
+    return found
+
+
 def source(
     data_config,
     *,
@@ -310,7 +343,7 @@ def source(
     """
     root = _root(data_config)
     names = class_names(data_config)
-    records, problems = scan_split(
+    found, problems = scan_split(
         root,
         split,
         class_names=names,
@@ -318,57 +351,33 @@ def source(
         process_count=process_count,
     )
     problems.log(root)
-    if not records:
+    if not found:
         raise VocDirError(f"No usable examples in {root} split {split!r} (see warnings above).")
     logging.info(
-        "voc_dir %s split %r: %d examples on process %d.", root, split, len(records), process_index
+        "voc_dir %s split %r: %d examples on process %d.", root, split, len(found), process_index
     )
-    load = _loader(records)
-    indices = tf.data.Dataset.range(len(records))
-    if training:
-        indices = indices.shuffle(len(records), seed=seed, reshuffle_each_iteration=True)
-    dataset = indices.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.filter(lambda example, decoded: decoded)
-    return dataset.map(lambda example, _: example), names
+    return image_records.to_dataset(found, training=training, seed=seed), names
 
 
-def _loader(records: Sequence[VocRecord]):
-    """tf function: int64 [] position in ``records`` -> (raw example, decoded bool [])."""
-    row_splits = tf.constant(np.cumsum([0] + [len(r.gt_labels) for r in records]), tf.int64)
-    boxes = tf.constant(np.concatenate([r.gt_boxes for r in records]).reshape(-1, 4))
-    labels = tf.constant(np.concatenate([r.gt_labels for r in records]))
-    difficult = tf.constant(np.concatenate([r.gt_difficult for r in records]))
-    paths = tf.constant([r.image_path for r in records])
-    image_ids = tf.constant([r.image_id for r in records])
-
-    def load(position):
-        image, ok = decode.tf_load_rgb_or_skip(paths[position])
-        rows = slice(row_splits[position], row_splits[position + 1])
-        example = {
-            "image": image,
-            "image_id": image_ids[position],
-            "gt_boxes": boxes[rows],
-            "gt_labels": labels[rows],
-            "gt_difficult": difficult[rows],
-        }
-        return example, ok
-
-    return load
+def count_training_examples(
+    data_config, *, split: str, exclude_difficult: bool, skip_empty: bool
+) -> int:
+    """Examples of ``split`` a training epoch visits (``frcnn_jax.data.count_training_examples``),
+    from the annotations and image headers only. Boxes left after scanning have positive area."""
+    found = records(data_config, split)
+    if not skip_empty:
+        return len(found)
+    if exclude_difficult:
+        return sum(bool(np.any(~r.gt_difficult)) for r in found)
+    return sum(len(r.gt_classes) > 0 for r in found)
 
 
 def random_access(data_config, *, split: str, training: bool) -> RandomAccessSource:
     """ROOT's ``split`` example by example (every process scans the whole split's annotations)."""
     del training
     root = _root(data_config)
-    names = class_names(data_config)
-    records, problems = scan_split(root, split, class_names=names)
-    problems.log(root)
-    if not records:
+    found = records(data_config, split)
+    if not found:
         raise VocDirError(f"No usable examples in {root} split {split!r} (see warnings above).")
-    logging.info("voc_dir %s split %r: %d examples.", root, split, len(records))
-    index = ExampleIndex.from_boxes(
-        [r.image_size for r in records],
-        [r.gt_boxes for r in records],
-        [r.gt_difficult for r in records],
-    )
-    return RandomAccessSource(index, names, _loader(records))
+    logging.info("voc_dir %s split %r: %d examples.", root, split, len(found))
+    return image_records.random_access(found, class_names(data_config))

@@ -1,4 +1,4 @@
-"""Backbones: VGG16 (stride 16), ResNet-50/101 + FPN (P2..P6), a small CPU net.
+"""Backbones: VGG16 (stride 16), ResNet-18/34/50/101 + FPN (P2..P6), a small CPU net.
 
 Shape shorthand: B batch, H, W image height and width, C channels.
 
@@ -9,19 +9,23 @@ state_dict (``conv1_1`` for ``features.0``, ``layer2_0/conv1`` for
 ``layer2.0.conv1``) so that ``frcnn_jax.convert_weights`` can map ImageNet
 weights one to one.
 
-Frozen layers, as in every reference implementation (simple-faster-rcnn-pytorch
-freezes VGG16's conv1_1..conv2_2; torchvision and detectron2 freeze the ResNet
-stem and first stage and all batch norms): gradients are stopped at their
-output, and ``frozen_param_mask`` marks their parameters so that the optimizer
-neither updates nor decays them. Batch norm is frozen: its scale, bias, mean and
-variance live in the non-trainable ``"frozen"`` collection and it is a fixed
-affine map, whatever the batch size.
+Frozen layers, as every reference implementation fine-tunes ImageNet weights
+(simple-faster-rcnn-pytorch freezes VGG16's conv1_1..conv2_2; torchvision and
+detectron2 freeze the ResNet stem and first stage and all batch norms): gradients
+are stopped at their output, and the module's ``frozen_prefixes`` mark their
+parameters so that the optimizer neither updates nor decays them. Frozen batch
+norm keeps its scale, bias, mean and variance in the non-trainable ``"frozen"``
+collection and is a fixed affine map, whatever the batch size. ResNets trained
+from scratch take ``backbone_options={"norm": "group_norm"}`` instead: trainable
+GroupNorm and nothing frozen (``ResNet``). The ResNet family lives in
+``models/resnet.py``; this module holds VGG16, the small net and the table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -29,36 +33,19 @@ import jax
 import jax.numpy as jnp
 
 from frcnn_jax.models.conv import Conv
+from frcnn_jax.models.conv import torch_padding as _pad
+from frcnn_jax.models.resnet import (  # noqa: F401 (the backbone family, re-exported)
+    BN_EPSILON,
+    FPN,
+    NORMS,
+    BasicBlock,
+    Bottleneck,
+    FrozenBatchNorm,
+    ResNet,
+    ResNetFPN,
+)
 
 Dtype = Any
-
-# torchvision's FrozenBatchNorm2d epsilon.
-BN_EPSILON = 1e-5
-
-
-def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Explicit symmetric padding k // 2, as PyTorch's ``padding=k // 2``.
-
-    ``"SAME"`` pads stride-2 convolutions asymmetrically (more at the end),
-    which would break the one-to-one match with torchvision weights.
-    """
-    return ((k // 2, k // 2), (k // 2, k // 2))
-
-
-class FrozenBatchNorm(nn.Module):
-    """Batch norm with fixed statistics and affine parameters (torchvision's FrozenBatchNorm2d)."""
-
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        c = x.shape[-1]
-        scale = self.variable("frozen", "scale", jnp.ones, (c,), jnp.float32).value
-        bias = self.variable("frozen", "bias", jnp.zeros, (c,), jnp.float32).value
-        mean = self.variable("frozen", "mean", jnp.zeros, (c,), jnp.float32).value
-        var = self.variable("frozen", "var", jnp.ones, (c,), jnp.float32).value
-        mult = scale * jax.lax.rsqrt(var + BN_EPSILON)
-        return x * mult.astype(self.dtype) + (bias - mean * mult).astype(self.dtype)
 
 
 class VGG16(nn.Module):
@@ -68,12 +55,19 @@ class VGG16(nn.Module):
     num_frozen_convs: int = 4  # conv1_1 .. conv2_2, as the seed (Caffe lr 0)
     strides = (16,)
     channels = 512
+    _blocks = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
+
+    @property
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        names = [
+            f"conv{block}_{i + 1}" for block, repeats, _ in self._blocks for i in range(repeats)
+        ]
+        return tuple(names[: self.num_frozen_convs])
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
-        blocks = ((1, 2, 64), (2, 2, 128), (3, 3, 256), (4, 3, 512), (5, 3, 512))
         count = 0
-        for block, repeats, features in blocks:
+        for block, repeats, features in self._blocks:
             for i in range(repeats):
                 x = Conv(
                     features, (3, 3), padding=_pad(3), dtype=self.dtype, name=f"conv{block}_{i + 1}"
@@ -87,98 +81,7 @@ class VGG16(nn.Module):
         return [x]
 
 
-class Bottleneck(nn.Module):
-    """torchvision's ResNet v1.5 bottleneck (stride on the 3x3 conv)."""
-
-    features: int
-    strides: int = 1
-    downsample: bool = False
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
-        norm = functools.partial(FrozenBatchNorm, dtype=self.dtype)
-        y = nn.relu(norm(name="bn1")(conv(self.features, (1, 1), name="conv1")(x)))
-        y = conv(self.features, (3, 3), strides=self.strides, padding=_pad(3), name="conv2")(y)
-        y = nn.relu(norm(name="bn2")(y))
-        y = norm(name="bn3")(conv(self.features * 4, (1, 1), name="conv3")(y))
-        if self.downsample:
-            x = conv(self.features * 4, (1, 1), strides=self.strides, name="downsample_conv")(x)
-            x = norm(name="downsample_bn")(x)
-        return nn.relu(x + y)
-
-
-class ResNet(nn.Module):
-    """ResNet body: C2..C5 at strides 4..32; stem and layer1 frozen."""
-
-    stage_sizes: Sequence[int]
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
-        x = Conv(
-            64, (7, 7), strides=2, padding=_pad(7), use_bias=False, dtype=self.dtype, name="conv1"
-        )(x)
-        x = nn.relu(FrozenBatchNorm(dtype=self.dtype, name="bn1")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
-        outputs = []
-        for stage, num_blocks in enumerate(self.stage_sizes):
-            for block in range(num_blocks):
-                x = Bottleneck(
-                    64 * 2**stage,
-                    strides=2 if stage > 0 and block == 0 else 1,
-                    downsample=block == 0,
-                    dtype=self.dtype,
-                    name=f"layer{stage + 1}_{block}",
-                )(x)
-            if stage == 0:
-                x = jax.lax.stop_gradient(x)
-            outputs.append(x)
-        return outputs
-
-
-def _upsample_to(x: jnp.ndarray, height: int, width: int) -> jnp.ndarray:
-    """Nearest 2x upsampling cropped to (height, width) (torchvision's FPN top-down path)."""
-    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-    return x[:, :height, :width]
-
-
-class FPN(nn.Module):
-    """Feature pyramid (Lin et al. 2017) over C2..C5: P2..P5 plus P6 = max_pool(P5, 1, stride 2)."""
-
-    channels: int = 256
-    dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, inputs: Sequence[jnp.ndarray]) -> list[jnp.ndarray]:
-        laterals = [
-            Conv(self.channels, (1, 1), dtype=self.dtype, name=f"inner{i}")(c)
-            for i, c in enumerate(inputs)
-        ]
-        merged = [laterals[-1]]
-        for lateral in reversed(laterals[:-1]):
-            merged.insert(0, lateral + _upsample_to(merged[0], lateral.shape[1], lateral.shape[2]))
-        outputs = [
-            Conv(self.channels, (3, 3), padding=_pad(3), dtype=self.dtype, name=f"layer{i}")(m)
-            for i, m in enumerate(merged)
-        ]
-        outputs.append(outputs[-1][:, ::2, ::2])  # P6: torchvision's LastLevelMaxPool (kernel 1)
-        return outputs
-
-
-class ResNetFPN(nn.Module):
-    """ResNet + FPN: P2..P6 at strides 4..64, C = 256."""
-
-    stage_sizes: Sequence[int] = (3, 4, 6, 3)
-    dtype: Dtype = jnp.float32
-    strides = (4, 8, 16, 32, 64)
-    channels = 256
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
-        body = ResNet(self.stage_sizes, dtype=self.dtype, name="body")(x)
-        return FPN(self.channels, dtype=self.dtype, name="fpn")(body)
+# Normalisation layers of the ResNet backbones (``backbone_options={"norm": ...}``).
 
 
 class SmallNet(nn.Module):
@@ -190,6 +93,11 @@ class SmallNet(nn.Module):
 
     widths: Sequence[int] = (32, 64, 96, 128)
     dtype: Dtype = jnp.float32
+    frozen_prefixes = ()  # trained from scratch: nothing frozen
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return (2 ** len(self.widths),)
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
@@ -207,27 +115,84 @@ class SmallNet(nn.Module):
         return [x]
 
 
-BACKBONES = {
-    "vgg16": VGG16,
-    "resnet50_fpn": functools.partial(ResNetFPN, stage_sizes=(3, 4, 6, 3)),
-    "resnet101_fpn": functools.partial(ResNetFPN, stage_sizes=(3, 4, 23, 3)),
-    "small": SmallNet,
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    """Everything the project knows about one ``config.model.backbone``, in one place.
+
+    factory: builds the Flax module (``factory(dtype=..., **config.model.backbone_options)``);
+      the module has ``strides`` (one per output map, finest first), ``frozen_prefixes``
+      (parameter paths inside the backbone that the optimizer never updates, next to the
+      ``stop_gradient`` that goes with them: both follow the module's options, so freezing
+      can be switched off for training from scratch; a prefix ending in "_" matches by string
+      prefix: "body/layer1_" is every layer1 block) and returns the maps.
+    torchvision_arch: the ``convert_weights --arch`` whose ImageNet file fits; None: none.
+    weight_layout: how torchvision's names map to ours ("vgg" or "resnet"; frcnn_jax.weights).
+    weight_prefixes: FasterRCNN variables a converted file must fill completely (the FPN, RPN
+      and detection layers keep their initialisation).
+    """
+
+    factory: Callable[..., nn.Module]
+    torchvision_arch: str | None = None
+    weight_layout: str | None = None
+    weight_prefixes: tuple[str, ...] = ()
+
+
+_RESNET_WEIGHTS = {
+    "weight_layout": "resnet",
+    "weight_prefixes": ("params/body/body/", "frozen/body/body/"),
 }
 
-# Parameters the optimizer never touches (top-level names inside the backbone).
-_FROZEN_PREFIXES = {
-    "vgg16": ("conv1_1", "conv1_2", "conv2_1", "conv2_2"),
-    "resnet50_fpn": ("body/conv1", "body/layer1_"),
-    "resnet101_fpn": ("body/conv1", "body/layer1_"),
-    "small": (),
+
+def _resnet_fpn(name: str, stage_sizes: tuple[int, ...], block: str) -> BackboneSpec:
+    return BackboneSpec(
+        functools.partial(ResNetFPN, stage_sizes=stage_sizes, block=block),
+        torchvision_arch=name,
+        **_RESNET_WEIGHTS,
+    )
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "vgg16": BackboneSpec(
+        VGG16,
+        torchvision_arch="vgg16",
+        weight_layout="vgg",
+        weight_prefixes=("params/body/",),
+    ),
+    # ResNet-18/34 (BasicBlock): small enough to train from scratch on a CPU with
+    # backbone_options={"norm": "group_norm"}; ImageNet weights with the default frozen_bn.
+    "resnet18_fpn": _resnet_fpn("resnet18", (2, 2, 2, 2), "basic"),
+    "resnet34_fpn": _resnet_fpn("resnet34", (3, 4, 6, 3), "basic"),
+    "resnet50_fpn": _resnet_fpn("resnet50", (3, 4, 6, 3), "bottleneck"),
+    "resnet101_fpn": _resnet_fpn("resnet101", (3, 4, 23, 3), "bottleneck"),
+    "small": BackboneSpec(SmallNet),
 }
 
 
-def is_frozen_param(backbone: str, path: str) -> bool:
-    """Whether ``path`` ("conv1_1/kernel", "body/layer1_0/conv1/kernel") is frozen."""
-    if backbone not in _FROZEN_PREFIXES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+def get_spec(backbone: str) -> BackboneSpec:
+    """The spec of ``config.model.backbone``; ValueError naming the choices otherwise."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"model.backbone={backbone!r}; choose one of {sorted(BACKBONES)}")
+    return BACKBONES[backbone]
+
+
+def by_torchvision_arch() -> dict[str, str]:
+    """``{convert_weights --arch: model.backbone}`` of every backbone with ImageNet weights."""
+    return {s.torchvision_arch: name for name, s in BACKBONES.items() if s.torchvision_arch}
+
+
+def frozen_prefixes(backbone: str, options: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+    """The ``frozen_prefixes`` of ``backbone`` built with ``options`` (backbone_options)."""
+    return tuple(get_spec(backbone).factory(**dict(options or {})).frozen_prefixes)
+
+
+def matches_prefix(path: str, prefixes: Sequence[str]) -> bool:
+    """Whether parameter ``path`` lies under one of ``prefixes`` (rule in ``BackboneSpec``)."""
     return any(
         path == p or path.startswith(p + "/") or (p.endswith("_") and path.startswith(p))
-        for p in _FROZEN_PREFIXES[backbone]
+        for p in prefixes
     )
+
+
+def is_frozen_param(backbone: str, path: str, options: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``path`` ("conv1_1/kernel", "body/layer1_0/conv1/kernel") is frozen."""
+    return matches_prefix(path, frozen_prefixes(backbone, options))

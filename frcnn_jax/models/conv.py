@@ -104,6 +104,15 @@ def compiler_options(platform: str) -> dict[str, str] | None:
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
+def torch_padding(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Explicit symmetric padding k // 2, as PyTorch's ``padding=k // 2``.
+
+    ``"SAME"`` pads stride-2 convolutions asymmetrically (more at the end),
+    which would break the one-to-one match with torchvision weights.
+    """
+    return ((k // 2, k // 2), (k // 2, k // 2))
+
+
 def _xla_conv(x, w, strides, padding, precision):
     return lax.conv_general_dilated(
         x, w, strides, padding, dimension_numbers=_NHWC, precision=precision

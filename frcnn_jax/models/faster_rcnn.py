@@ -12,8 +12,9 @@ Images arrive as uint8 and are normalised here, on the device.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -21,46 +22,17 @@ import jax
 import jax.numpy as jnp
 
 from frcnn_jax import anchors as anchors_lib
-from frcnn_jax import boxes as box_lib
+from frcnn_jax import detections as detections_lib
 from frcnn_jax import losses as loss_lib
-from frcnn_jax import nms as nms_lib
 from frcnn_jax import proposals as proposals_lib
 from frcnn_jax import roi_ops
 from frcnn_jax import targets as targets_lib
 from frcnn_jax.models import backbones
 from frcnn_jax.models.heads import RoIHead, RPNHead
+from frcnn_jax.models.inputs import normalize_images
+from frcnn_jax.models.options import AnchorOptions, RoIOptions, RPNOptions, TestOptions
 
 Dtype = Any
-
-# Per-channel statistics of the weights' training data, in the order of the
-# channels the network expects. Caffe VGG16 (the seed's default) takes BGR
-# 0..255 minus the mean; torchvision weights take RGB in [0, 1] standardised.
-NORMALIZATIONS = {
-    "caffe": {"bgr": True, "mean": (102.9801, 115.9465, 122.7717), "std": (1.0, 1.0, 1.0)},
-    "torchvision": {
-        "bgr": False,
-        "mean": (0.485 * 255, 0.456 * 255, 0.406 * 255),
-        "std": (0.229 * 255, 0.224 * 255, 0.225 * 255),
-    },
-}
-
-
-def normalize_images(
-    images: jnp.ndarray, image_sizes: jnp.ndarray, *, normalization: str, dtype: Dtype
-) -> jnp.ndarray:
-    """uint8 RGB ``[B, Hb, Wb, 3]`` -> normalised ``dtype``; padding stays exactly 0.
-
-    Zero padding after normalisation (not before) is what the references do, so
-    padded pixels look like the mean colour and do not leak edges into features.
-    """
-    norm = NORMALIZATIONS[normalization]
-    x = images.astype(jnp.float32)
-    if norm["bgr"]:
-        x = x[..., ::-1]
-    x = (x - jnp.asarray(norm["mean"])) / jnp.asarray(norm["std"])
-    rows = jnp.arange(images.shape[1])[None, :, None] < image_sizes[:, 0, None, None]
-    cols = jnp.arange(images.shape[2])[None, None, :] < image_sizes[:, 1, None, None]
-    return jnp.where((rows & cols)[..., None], x, 0.0).astype(dtype)
 
 
 class FasterRCNN(nn.Module):
@@ -68,89 +40,67 @@ class FasterRCNN(nn.Module):
 
     Defaults are the seed's (simple-faster-rcnn-pytorch): anchors 16 x (8, 16, 32)
     x ratios (0.5, 1, 2); RPN 256 samples, IoU 0.7 / 0.3; proposals 12000 -> 2000
-    (train), 6000 -> 300 (test), NMS 0.7, min size 16; RoI 128 samples, 25%
-    foreground at IoU 0.5; deltas normalised by stds (0.1, 0.1, 0.2, 0.2);
+    (train), 6000 -> 300 (test), NMS 0.7, min size 16 original-image pixels, anchors
+    crossing the image border ignored; RoI 128 samples, 25% foreground at IoU 0.5;
+    deltas normalised by stds (0.1, 0.1, 0.2, 0.2), smooth L1 (sigma 1) box loss;
     inference score threshold 0.05, per-class NMS 0.3, 100 detections.
     """
 
     num_classes: int  # object classes, without background
     backbone: str = "vgg16"
+    # Keyword arguments of the backbone's factory (e.g. the small net's {"widths": (32, 64)}).
+    backbone_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     dtype: Dtype = jnp.float32
-    normalization: str = "caffe"
-    # Single-level anchors: base 16 x scales; FPN: one size per level.
-    anchor_scales: Sequence[float] = (8.0, 16.0, 32.0)
-    anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0)
-    fpn_anchor_sizes: Sequence[float] = (32.0, 64.0, 128.0, 256.0, 512.0)
-    small_widths: Sequence[int] = (32, 64, 96, 128)
-    rpn_channels: int = 512
-    roi_hidden: Sequence[int] = (4096, 4096)
-    roi_op: str = "pool"  # "pool" (the seed's RoIPool) or "align"; FPN always aligns
-    roi_output_size: int = 7
-    rpn_num_samples: int = 256
-    rpn_positive_fraction: float = 0.5
-    rpn_positive_iou: float = 0.7
-    rpn_negative_iou: float = 0.3
-    rpn_nms_threshold: float = 0.7
-    rpn_min_size: float = 16.0
-    train_pre_nms_top_n: int = 12000
-    train_post_nms_top_n: int = 2000
-    test_pre_nms_top_n: int = 6000
-    test_post_nms_top_n: int = 300
-    roi_num_samples: int = 128
-    roi_positive_fraction: float = 0.25
-    roi_positive_iou: float = 0.5
-    roi_negative_iou: tuple[float, float] = (0.0, 0.5)
-    delta_stds: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.3
-    max_detections: int = 100
+    image_normalization: str = "caffe"
+    anchor_options: AnchorOptions = AnchorOptions()
+    rpn_options: RPNOptions = RPNOptions()
+    roi_options: RoIOptions = RoIOptions()
+    test_options: TestOptions = TestOptions()
 
     @property
     def is_fpn(self) -> bool:
-        return self.backbone.endswith("_fpn")
+        """A pyramid (several feature maps): one anchor size per level, multi-level RoIAlign."""
+        return len(self._strides()) > 1
 
     @property
     def anchors_per_position(self) -> int:
-        if self.is_fpn:
-            return len(self.anchor_ratios)
-        return len(self.anchor_ratios) * len(self.anchor_scales)
+        ratios = len(self.anchor_options.ratios)
+        return ratios if self.is_fpn else ratios * len(self.anchor_options.sizes)
 
     def setup(self):
-        if self.backbone not in backbones.BACKBONES:
-            raise ValueError(
-                f"model.backbone={self.backbone!r}; choose one of {sorted(backbones.BACKBONES)}"
-            )
         self.body = self._make_body()
-        self.rpn = RPNHead(self.anchors_per_position, channels=self.rpn_channels, dtype=self.dtype)
-        self.head = RoIHead(self.num_classes + 1, hidden=tuple(self.roi_hidden), dtype=self.dtype)
+        self.rpn = RPNHead(
+            self.anchors_per_position, channels=self.rpn_options.channels, dtype=self.dtype
+        )
+        self.head = RoIHead(
+            self.num_classes + 1, hidden=tuple(self.roi_options.hidden), dtype=self.dtype
+        )
 
     def _make_body(self, **kwargs) -> nn.Module:
-        if self.backbone == "small":
-            kwargs["widths"] = tuple(self.small_widths)
-        return backbones.BACKBONES[self.backbone](dtype=self.dtype, **kwargs)
+        factory = backbones.get_spec(self.backbone).factory
+        return factory(dtype=self.dtype, **dict(self.backbone_options), **kwargs)
 
     def _strides(self) -> tuple[int, ...]:
-        if self.backbone == "small":
-            return (2 ** len(self.small_widths),)
-        factory = backbones.BACKBONES[self.backbone]
-        return (factory.func if isinstance(factory, functools.partial) else factory).strides
+        return tuple(self._make_body(parent=None).strides)
 
     def anchors_for_shapes(self, feature_shapes) -> jnp.ndarray:
         """float32 ``[A, 4]`` anchors for feature maps of the given (h, w), in the RPN's order."""
         strides = self._strides()
         shapes = [tuple(int(d) for d in shape) for shape in feature_shapes]
+        sizes, ratios = tuple(self.anchor_options.sizes), tuple(self.anchor_options.ratios)
         if self.is_fpn:
+            if len(sizes) != len(strides):
+                raise ValueError(
+                    f"model.anchors.sizes={sizes} but backbone {self.backbone!r} has "
+                    f"{len(strides)} pyramid levels (strides {strides}): give one size per "
+                    "level, e.g. (32.0, 64.0, 128.0, 256.0, 512.0)"
+                )
             anchors = anchors_lib.pyramid_anchors(
-                shapes,
-                strides=strides,
-                sizes=tuple(self.fpn_anchor_sizes),
-                ratios=tuple(self.anchor_ratios),
+                shapes, strides=strides, sizes=sizes, ratios=ratios
             )
         else:
             base = anchors_lib.anchor_base(
-                base_size=strides[0],
-                ratios=tuple(self.anchor_ratios),
-                scales=tuple(self.anchor_scales),
+                base_size=strides[0], ratios=ratios, scales=tuple(s / strides[0] for s in sizes)
             )
             anchors = anchors_lib.grid_anchors(base, strides[0], *shapes[0])
         return jnp.asarray(anchors, jnp.float32)
@@ -168,7 +118,7 @@ class FasterRCNN(nn.Module):
 
     def _features(self, images, image_sizes):
         x = normalize_images(
-            images, image_sizes, normalization=self.normalization, dtype=self.dtype
+            images, image_sizes, normalization=self.image_normalization, dtype=self.dtype
         )
         features = self.body(x)
         rpn_logits, rpn_deltas = self.rpn(features)
@@ -177,20 +127,34 @@ class FasterRCNN(nn.Module):
     def _pool(self, features, rois):
         """RoI features ``[B, R, p, p, C]`` of rois ``[B, R, 4]`` (no gradient to coordinates)."""
         rois = jax.lax.stop_gradient(rois)
-        p = self.roi_output_size
+        p, op = self.roi_options.output_size, self.roi_options.op
         if self.is_fpn:
             fn = functools.partial(roi_ops.multilevel_roi_align, output_size=p)
             return jax.vmap(fn)(features[:4], rois)
         scale = 1.0 / self._strides()[0]
-        if self.roi_op == "pool":
+        if op == "pool":
             fn = functools.partial(roi_ops.roi_pool, output_size=p, spatial_scale=scale)
-        elif self.roi_op == "align":
+        elif op == "align":
             fn = functools.partial(roi_ops.roi_align, output_size=p, spatial_scale=scale)
         else:
-            raise ValueError(f"model.roi_op={self.roi_op!r}; choose 'pool' or 'align'")
+            raise ValueError(f"model.roi.op={op!r}; choose 'pool' or 'align'")
         return jax.vmap(fn)(features[0], rois)
 
-    def _propose(self, features, rpn_logits, rpn_deltas, anchors, image_sizes, *, pre, post):
+    def _min_sizes(self, image_sizes, scales):
+        """float32 ``[B, 2]`` minimum proposal (height, width) in resized pixels."""
+        rpn = self.rpn_options
+        if rpn.min_size_units not in ("original", "resized"):
+            raise ValueError(
+                f"model.rpn.min_size_units={rpn.min_size_units!r}; choose 'original' or 'resized'"
+            )
+        min_size = jnp.full(image_sizes.shape, rpn.min_size, jnp.float32)  # [B, 2]
+        if rpn.min_size_units == "original" and scales is not None:
+            min_size = min_size * jnp.asarray(scales, jnp.float32)  # the seed's min_size * scale
+        return min_size
+
+    def _propose(
+        self, features, rpn_logits, rpn_deltas, anchors, image_sizes, scales, *, pre, post
+    ):
         # FPN: top-k and NMS per level (torchvision, detectron2); one level: the seed's rule.
         level_sizes = (
             [f.shape[1] * f.shape[2] * self.anchors_per_position for f in features]
@@ -201,27 +165,32 @@ class FasterRCNN(nn.Module):
             proposals_lib.propose,
             pre_nms_top_n=pre,
             post_nms_top_n=post,
-            nms_threshold=self.rpn_nms_threshold,
-            min_size=self.rpn_min_size,
+            nms_iou=self.rpn_options.nms_iou,
             level_sizes=level_sizes,
         )
-        return jax.vmap(fn, in_axes=(0, 0, None, 0))(
+
+        def one_image(logits, deltas, image_size, min_size):
+            return fn(logits, deltas, anchors, image_size, min_size=min_size)
+
+        return jax.vmap(one_image)(
             jax.lax.stop_gradient(rpn_logits),
             jax.lax.stop_gradient(rpn_deltas),
-            anchors,
             image_sizes,
+            self._min_sizes(image_sizes, scales),
         )
 
-    def __call__(self, images, image_sizes, gt_boxes, gt_labels, gt_mask, *, keys):
+    def __call__(self, images, image_sizes, gt_boxes, gt_classes, gt_mask, *, keys, scales=None):
         """Training losses.
 
         Args:
           images: uint8 ``[B, Hb, Wb, 3]`` RGB, zero padded.
           image_sizes: int32 ``[B, 2]`` (height, width) inside the padding.
           gt_boxes: float32 ``[B, G, 4]`` (ymin, xmin, ymax, xmax) pixels.
-          gt_labels: int32 ``[B, G]`` 0-based class ids.
+          gt_classes: int32 ``[B, G]`` 0-based class ids.
           gt_mask: bool ``[B, G]``, False for padding (and excluded boxes).
           keys: ``[B]`` PRNG keys, one per image, for anchor and roi sampling.
+          scales: float32 ``[B, 2]`` resize factors (sy, sx), resized = original * scale, for
+            the minimum proposal size in original pixels; None: 1 (the batch is unresized).
 
         Returns:
           ``(losses, aux)``: losses ``{"rpn_cls", "rpn_box", "roi_cls", "roi_box",
@@ -233,21 +202,23 @@ class FasterRCNN(nn.Module):
         split_keys = jax.vmap(jax.random.split)(keys)  # [B, 2]
         anchor_keys, roi_keys = split_keys[:, 0], split_keys[:, 1]
 
+        rpn, roi = self.rpn_options, self.roi_options
         anchor_fn = functools.partial(
             targets_lib.anchor_targets,
-            num_samples=self.rpn_num_samples,
-            positive_fraction=self.rpn_positive_fraction,
-            positive_iou=self.rpn_positive_iou,
-            negative_iou=self.rpn_negative_iou,
+            num_samples=rpn.num_samples,
+            positive_fraction=rpn.positive_fraction,
+            positive_iou=rpn.positive_iou,
+            negative_iou=rpn.negative_iou,
+            border_rule=rpn.border_rule,
         )
-        rpn_labels, rpn_targets = jax.vmap(anchor_fn, in_axes=(0, None, 0, 0, 0))(
+        rpn_labels, rpn_gt_deltas = jax.vmap(anchor_fn, in_axes=(0, None, 0, 0, 0))(
             anchor_keys, anchors, gt_boxes, gt_mask, image_sizes
         )
         losses = loss_lib.rpn_losses(
             pred_logits=rpn_logits,
             pred_deltas=rpn_deltas,
             gt_labels=rpn_labels,
-            gt_deltas=rpn_targets,
+            gt_deltas=rpn_gt_deltas,
             sigma=3.0,
         )
 
@@ -257,41 +228,42 @@ class FasterRCNN(nn.Module):
             rpn_deltas,
             anchors,
             image_sizes,
-            pre=self.train_pre_nms_top_n,
-            post=self.train_post_nms_top_n,
+            scales,
+            pre=rpn.pre_nms_top_n,
+            post=rpn.post_nms_top_n,
         )
         sample_fn = functools.partial(
             targets_lib.proposal_targets,
-            num_samples=self.roi_num_samples,
-            positive_fraction=self.roi_positive_fraction,
-            positive_iou=self.roi_positive_iou,
-            negative_iou=tuple(self.roi_negative_iou),
-            delta_stds=tuple(self.delta_stds),
+            num_samples=roi.num_samples,
+            positive_fraction=roi.positive_fraction,
+            positive_iou=roi.positive_iou,
+            negative_iou=tuple(roi.negative_iou),
+            delta_stds=tuple(roi.delta_stds),
         )
-        sample_rois, sample_labels, sample_targets, sample_mask = jax.vmap(sample_fn)(
-            roi_keys, rois, roi_mask, gt_boxes, gt_labels, gt_mask
+        sample_rois, sample_classes, sample_deltas, sample_mask = jax.vmap(sample_fn)(
+            roi_keys, rois, roi_mask, gt_boxes, gt_classes, gt_mask
         )
         cls_logits, box_deltas = self.head(self._pool(features, sample_rois))
         losses.update(
             loss_lib.roi_losses(
                 pred_logits=cls_logits,
                 pred_deltas=box_deltas,
-                gt_labels=sample_labels,
-                gt_deltas=sample_targets,
+                gt_classes=sample_classes,
+                gt_deltas=sample_deltas,
                 mask=sample_mask,
-                sigma=1.0,
+                beta=roi.box_loss_beta,
             )
         )
         losses["total"] = loss_lib.total_loss(losses)
         aux = {
             "rpn_positives": (rpn_labels == 1).sum() / batch,
-            "roi_foreground": ((sample_labels > 0) & sample_mask).sum() / batch,
+            "roi_foreground": ((sample_classes > 0) & sample_mask).sum() / batch,
             "proposals": roi_mask.sum() / batch,
         }
         return losses, aux
 
-    def _test_rois(self, images, image_sizes):
-        """Features and the test-time proposals (``test_pre/post_nms_top_n``)."""
+    def _test_rois(self, images, image_sizes, scales):
+        """Features and the test-time proposals (``test_options.pre/post_nms_top_n``)."""
         features, rpn_logits, rpn_deltas = self._features(images, image_sizes)
         anchors = self.anchors_for_shapes([f.shape[1:3] for f in features])
         rois, roi_mask = self._propose(
@@ -300,55 +272,41 @@ class FasterRCNN(nn.Module):
             rpn_deltas,
             anchors,
             image_sizes,
-            pre=self.test_pre_nms_top_n,
-            post=self.test_post_nms_top_n,
+            scales,
+            pre=self.test_options.pre_nms_top_n,
+            post=self.test_options.post_nms_top_n,
         )
         return features, rois, roi_mask
 
-    def proposals(self, images, image_sizes):
+    def proposals(self, images, image_sizes, scales=None):
         """Test-time RPN proposals: rois ``[B, P, 4]`` best first, roi_mask ``[B, P]``."""
-        _, rois, roi_mask = self._test_rois(images, image_sizes)
+        _, rois, roi_mask = self._test_rois(images, image_sizes, scales)
         return rois, roi_mask
 
-    def detect(self, images, image_sizes):
+    def detect(self, images, image_sizes, scales=None):
         """Inference: padded detections in the (resized) input image's pixels.
 
         Args:
-          images: uint8 ``[B, Hb, Wb, 3]``; image_sizes: int32 ``[B, 2]``.
+          images: uint8 ``[B, Hb, Wb, 3]``; image_sizes: int32 ``[B, 2]``; scales: float32
+            ``[B, 2]`` resize factors (the batch's "scales"; None: 1), for the minimum
+            proposal size in original pixels.
 
         Returns:
           dict of ``boxes`` float32 ``[B, D, 4]`` (ymin, xmin, ymax, xmax),
           ``scores`` float32 ``[B, D]``, ``classes`` int32 ``[B, D]`` 0-based,
-          ``valid`` bool ``[B, D]``; D = max_detections, sorted by score.
+          ``valid`` bool ``[B, D]``; D = test_options.max_detections, sorted by score.
         """
-        features, rois, roi_mask = self._test_rois(images, image_sizes)
+        features, rois, roi_mask = self._test_rois(images, image_sizes, scales)
         cls_logits, box_deltas = self.head(self._pool(features, rois))
-        return jax.vmap(self._postprocess)(cls_logits, box_deltas, rois, roi_mask, image_sizes)
-
-    def _postprocess(self, cls_logits, box_deltas, rois, roi_mask, image_size):
-        """One image: per-class decode, score threshold, per-class NMS, top D."""
-        num_rois, k = cls_logits.shape
-        scores = jax.nn.softmax(cls_logits, axis=-1)[:, 1:]  # [P, K - 1]
-        deltas = box_deltas[:, 1:] * jnp.asarray(self.delta_stds)  # [P, K - 1, 4]
-        boxes = box_lib.clip_boxes(box_lib.decode(rois[:, None, :], deltas), image_size)
-        classes = jnp.broadcast_to(jnp.arange(k - 1, dtype=jnp.int32), (num_rois, k - 1))
-        valid = roi_mask[:, None] & (scores > self.score_threshold) & (box_lib.area(boxes) > 0)
-        boxes, scores = boxes.reshape(-1, 4), scores.reshape(-1)
-        classes, valid = classes.reshape(-1), valid.reshape(-1)
-        keep, keep_valid = nms_lib.batched_nms(
-            boxes,
-            scores,
-            classes,
-            iou_threshold=self.nms_threshold,
-            max_output=self.max_detections,
-            valid=valid,
+        test = self.test_options
+        fn = functools.partial(
+            detections_lib.detections,
+            delta_stds=tuple(self.roi_options.delta_stds),
+            score_threshold=test.score_threshold,
+            nms_iou=test.nms_iou,
+            max_detections=test.max_detections,
         )
-        return {
-            "boxes": jnp.where(keep_valid[:, None], boxes[keep], 0.0),
-            "scores": jnp.where(keep_valid, scores[keep], 0.0),
-            "classes": jnp.where(keep_valid, classes[keep], 0),
-            "valid": keep_valid,
-        }
+        return jax.vmap(fn)(cls_logits, box_deltas, rois, roi_mask, image_sizes)
 
     def initialize(self, images, image_sizes):
         """Touches every submodule once (for ``init``) without any target assignment."""

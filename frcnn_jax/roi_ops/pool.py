@@ -4,8 +4,9 @@ Shape shorthand: R rois, H, W, C one feature map, O output_size.
 
 Rois are float ``[R, 4]`` (ymin, xmin, ymax, xmax) in absolute pixels of the (resized) input
 image; ``spatial_scale`` maps them onto the feature map. Nothing of size ``[R, O, H, W, C]`` is
-formed: the pool loops over the cells of each roi's bins (large maps: a sparse table of column
-maxima).
+formed: on CPU the pool loops over the cells of each roi's bins (large maps: a sparse table of
+column maxima); accelerators always take the sparse table, which has no loop (chosen at
+lowering, ``lax.platform_dependent``). Both give the same values and argmax cells.
 """
 
 from __future__ import annotations
@@ -63,6 +64,15 @@ def _pool_edges(start, end, size, output_size):
     lo = (i * roi_size) // output_size
     hi = -((-(i + 1) * roi_size) // output_size)
     return jnp.clip(lo + start[:, None], 0, size), jnp.clip(hi + start[:, None], 0, size)
+
+
+def _roi_edges(rois, height, width, *, output_size, spatial_scale):
+    """(row_lo, row_hi, col_lo, col_hi), int32 ``[R, O]`` each: every bin's clipped cells."""
+    scaled = _round_half_away(jnp.asarray(rois, jnp.float32) * spatial_scale)
+    corners = jnp.clip(jnp.nan_to_num(scaled), -_COORD_LIMIT, _COORD_LIMIT).astype(jnp.int32)
+    row_lo, row_hi = _pool_edges(corners[:, 0], corners[:, 2], height, output_size)
+    col_lo, col_hi = _pool_edges(corners[:, 1], corners[:, 3], width, output_size)
+    return row_lo, row_hi, col_lo, col_hi
 
 
 # Maps of at most this many cells take roi_pool's bin loop (below), whose time
@@ -138,11 +148,24 @@ def _sparse_table_maxima(features, row_lo, row_hi, col_lo, col_hi):
     return best_values, best_cells
 
 
-def _bin_maxima(features, edges):
+def _cpu_bin_maxima(features, edges):
     height, width, _ = features.shape
     if height * width <= POOL_LOOP_MAX_CELLS:
         return _bin_loop_maxima(features, *edges)
     return _sparse_table_maxima(features, *edges)
+
+
+def _accelerator_bin_maxima(features, edges):
+    # No loop in the program: the bin loop's R x (largest bin) sequential steps (128 x ~50
+    # for a VGG16 training step) would each cost a kernel launch on an accelerator.
+    return _sparse_table_maxima(features, *edges)
+
+
+def _bin_maxima(features, edges):
+    """Bin maxima and their first cells ``[R, O, O, C]``, the form chosen per platform."""
+    return jax.lax.platform_dependent(
+        features, edges, cpu=_cpu_bin_maxima, default=_accelerator_bin_maxima
+    )
 
 
 @jax.custom_vjp
@@ -181,9 +204,10 @@ def roi_pool(features, rois, *, output_size: int = 7, spatial_scale: float = 1.0
     empty bin gives 0. The gradient flows to the first maximum of each bin
     (row-major order), as the kernel's argmax does; rois get no gradient.
 
-    Exact for any roi and never forms ``[R, O, O, H, W, C]``: maps of at most
-    POOL_LOOP_MAX_CELLS cells loop over the offsets of each roi's bins, larger
-    maps use a sparse table of column maxima (costs at the helpers).
+    Exact for any roi and never forms ``[R, O, O, H, W, C]``: on CPU, maps of at
+    most POOL_LOOP_MAX_CELLS cells loop over the offsets of each roi's bins,
+    larger maps use a sparse table of column maxima; accelerators always use the
+    table (costs at the helpers).
 
     Args:
       features: float ``[H, W, C]``; a NaN gives unspecified values in its bins.
@@ -197,10 +221,9 @@ def roi_pool(features, rois, *, output_size: int = 7, spatial_scale: float = 1.0
     """
     features = jnp.asarray(features)
     height, width, _ = features.shape
-    scaled = _round_half_away(jnp.asarray(rois, jnp.float32) * spatial_scale)
-    corners = jnp.clip(jnp.nan_to_num(scaled), -_COORD_LIMIT, _COORD_LIMIT).astype(jnp.int32)
-    row_lo, row_hi = _pool_edges(corners[:, 0], corners[:, 2], height, output_size)
-    col_lo, col_hi = _pool_edges(corners[:, 1], corners[:, 3], width, output_size)
+    row_lo, row_hi, col_lo, col_hi = _roi_edges(
+        rois, height, width, output_size=output_size, spatial_scale=spatial_scale
+    )
     pooled = _pool_bins(features, (row_lo, row_hi, col_lo, col_hi))
     empty = (row_hi <= row_lo)[:, :, None] | (col_hi <= col_lo)[:, None, :]  # [R, O, O]
     return jnp.where(empty[..., None], 0, pooled).astype(features.dtype)

@@ -1,0 +1,76 @@
+"""Our train step and predict function, compiled and timed: torch_detection.py's twin.
+
+Shape shorthand: B batch, Hb, Wb padded image size.
+
+Used by train_bench.py, infer_bench.py and gpu_suite.py. Both functions compile
+ahead of time (the compile time is reported), then time steps on random batches
+already on the device (two alternating batches of one shape: nothing recompiles)
+and return a result dict of ``bench_lib.jax_result``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import bench_lib
+import bench_models
+import jax
+import numpy as np
+
+
+def run_train(
+    config, model, host_batches: list[dict], *, warmup: int, steps: int, matmul_size=None
+) -> dict:
+    """Times the data-parallel train step (all devices, batch sharded, state donated).
+
+    Raises ValueError if the batch does not split over the devices, FloatingPointError
+    if the loss on the random data is not finite.
+    """
+    batch_size = host_batches[0]["images"].shape[0]
+    if batch_size % jax.device_count():
+        raise ValueError(f"{batch_size} images do not split over {jax.device_count()} devices")
+    variables = bench_models.init_variables(model, jax.random.key(config.seed))
+    state = bench_models.create_train_state(config, model, variables)
+    step_fn, place_state, place_batch = bench_models.jit_mesh_train_step()
+    state = place_state(state)
+    batches = [place_batch(b) for b in host_batches]
+    root = jax.random.key(config.seed)
+    keys = [jax.random.fold_in(root, i) for i in range(warmup + 2 * steps)]
+
+    start = time.perf_counter()
+    compiled = step_fn.lower(state, batches[0], keys[0]).compile()
+    compile_s = time.perf_counter() - start
+    holder = {"state": state}
+
+    def run_step(i):
+        holder["state"], metrics = compiled(holder["state"], batches[i % len(batches)], keys[i])
+        return metrics
+
+    timing = bench_lib.time_steps(run_step, jax.block_until_ready, warmup=warmup, steps=steps)
+    loss = float(run_step(0)["total"])
+    if not np.isfinite(loss):
+        raise FloatingPointError(f"non-finite loss {loss} on random data")
+    return bench_lib.jax_result(
+        config, compiled, compile_s=compile_s, timing=timing, matmul_size=matmul_size
+    )
+
+
+def run_infer(
+    config, model, host_batches: list[dict], *, warmup: int, steps: int, matmul_size=None
+) -> dict:
+    """Times the predict function (``model.detect``) on one device."""
+    variables = bench_models.init_variables(model, jax.random.key(config.seed))
+    batches = [jax.device_put((b["images"], b["image_sizes"])) for b in host_batches]
+    predict = bench_models.predict_fn(model)
+
+    start = time.perf_counter()
+    compiled = predict.lower(variables, *batches[0]).compile()
+    compile_s = time.perf_counter() - start
+
+    def run_step(i):
+        return compiled(variables, *batches[i % len(batches)])
+
+    timing = bench_lib.time_steps(run_step, jax.block_until_ready, warmup=warmup, steps=steps)
+    return bench_lib.jax_result(
+        config, compiled, compile_s=compile_s, timing=timing, matmul_size=matmul_size
+    )

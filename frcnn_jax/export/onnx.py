@@ -1,0 +1,101 @@
+"""ONNX export through jax2onnx, with gathers and scatters in convertible form.
+
+Shape shorthand: B batch (fixed: see below), H, W the exported size, D detections per image.
+
+``DIR/model.onnx`` takes ``images`` uint8 ``[B, H, W, 3]`` and returns ``boxes``, ``classes``,
+``scores``, ``valid`` (as ``inference.OUTPUT_NAMES``); it runs with onnxruntime alone
+(``LOAD_EXAMPLE``). The whole detector converts, NMS loop included (ONNX ``Loop``), once:
+
+- the program is traced to a jaxpr first and jax2onnx is handed that jaxpr's evaluation, so
+  jax2onnx's replacements of ``jax.numpy`` functions never see the model code (its
+  ``jnp.shape`` returns an array, which breaks ``nms.batched_nms``'s shape check);
+- ``rewrite.ONNX_RULES`` re-express the vmapped gathers and scatters (batching dimensions:
+  "Unhandled internal op in Gather ... 'mode': 'batched'") and boolean selects (onnxruntime
+  has no boolean ``Where``) with bit-identical results.
+
+Batch size: fixed. With a symbolic batch, jax2onnx 0.17.1 converts but the model fails in
+onnxruntime ("Where node ... Attempting to broadcast an axis by a dimension other than 1. 2
+by 32"), so ONNX models take exactly the batch they were exported with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from frcnn_jax.export import rewrite
+from frcnn_jax.export.inference import INPUT_NAME, OUTPUT_NAMES
+
+DEFAULT_OPSET = 21
+
+LOAD_EXAMPLE = """\
+import onnxruntime as ort
+session = ort.InferenceSession("DIR/model.onnx")
+boxes, classes, scores, valid = session.run(None, {"images": images})  # uint8 [B, H, W, 3]
+"""
+
+
+def convertible_jaxpr(fn: Callable, spec: jax.ShapeDtypeStruct):
+    """The jaxpr of ``images -> (boxes, classes, scores, valid)`` with ``ONNX_RULES``."""
+
+    def ordered(images):
+        out = fn(images)
+        return tuple(out[name] for name in OUTPUT_NAMES)
+
+    return jax.make_jaxpr(rewrite.rewrite(ordered, spec, rules=rewrite.ONNX_RULES))(spec)
+
+
+def save(
+    fn: Callable,
+    path: str,
+    *,
+    image_size: Sequence[int],
+    batch_size: int,
+    opset: int = DEFAULT_OPSET,
+) -> None:
+    """Converts ``fn`` (``images uint8 [B, H, W, 3] -> dict``) to an ONNX file at ``path``."""
+    # The [export] extra: imported here so that the other formats do without it.
+    import onnx as onnx_lib
+    from jax2onnx import to_onnx
+
+    if batch_size < 1:
+        raise ValueError(f"ONNX export needs a fixed batch_size >= 1, got {batch_size}")
+    height, width = (int(s) for s in image_size)
+    spec = jax.ShapeDtypeStruct((int(batch_size), height, width, 3), jnp.uint8)
+    closed = convertible_jaxpr(fn, spec)
+
+    def evaluate(images):
+        return tuple(jax.core.eval_jaxpr(closed.jaxpr, closed.consts, images))
+
+    model = to_onnx(
+        evaluate,
+        [spec],
+        model_name="frcnn_jax_detector",
+        opset=opset,
+        input_names=[INPUT_NAME],
+        output_names=list(OUTPUT_NAMES),
+    )
+    drop_unused_initializers(model.graph)
+    onnx_lib.save_model(model, path)
+
+
+def drop_unused_initializers(graph) -> set[str]:
+    """Removes, in ``graph`` and its loop/branch bodies, initializers no node reads.
+
+    jax2onnx 0.17 leaves hundreds of them in loop bodies; onnxruntime warns about each one
+    ("Removing initializer ...") every time a session starts. Returns the names read in
+    ``graph`` (a body may read names of the graphs around it).
+    """
+    used = {o.name for o in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attribute in node.attribute:
+            bodies = [attribute.g] if attribute.HasField("g") else list(attribute.graphs)
+            for body in bodies:
+                used |= drop_unused_initializers(body)
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return used

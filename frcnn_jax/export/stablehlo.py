@@ -1,0 +1,73 @@
+"""StableHLO export (``jax.export``): the inference function with its weights, one file.
+
+Shape shorthand: B batch (symbolic unless a batch size is fixed), H, W the exported size,
+D detections per image.
+
+``DIR/model.stablehlo`` is ``jax.export.Exported.serialize()``: the StableHLO program
+(weights as constants) lowered for CPU and CUDA, with the input/output tree. Loading needs
+``jax`` alone, no frcnn_jax (``LOAD_EXAMPLE``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import export
+
+from frcnn_jax.export import rewrite
+
+# Lowered for both, so one artifact serves on a CPU or an NVIDIA GPU; the consumer picks its
+# platform when it compiles.
+DEFAULT_PLATFORMS = ("cpu", "cuda")
+BATCH_DIMENSION = "batch"
+
+LOAD_EXAMPLE = """\
+from jax import export
+with open("DIR/model.stablehlo", "rb") as f:
+    detect = export.deserialize(bytearray(f.read()))
+out = detect.call(images)  # uint8 [B, H, W, 3] -> dict of boxes, classes, scores, valid
+"""
+
+
+def image_spec(image_size: Sequence[int], batch_size: int | None) -> jax.ShapeDtypeStruct:
+    """uint8 ``[B, H, W, 3]``; B symbolic (named ``BATCH_DIMENSION``) when batch_size is None."""
+    height, width = (int(s) for s in image_size)
+    if batch_size is None:
+        (batch,) = export.symbolic_shape(BATCH_DIMENSION)
+    elif batch_size >= 1:
+        batch = int(batch_size)
+    else:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    return jax.ShapeDtypeStruct((batch, height, width, 3), jnp.uint8)
+
+
+def export_fn(
+    fn: Callable,
+    *specs: jax.ShapeDtypeStruct,
+    platforms: Sequence[str] = DEFAULT_PLATFORMS,
+    rules: dict | None = None,
+) -> export.Exported:
+    """``jax.export`` of ``fn`` for inputs ``specs`` on ``platforms``.
+
+    Args:
+      fn: e.g. ``inference.make_inference_fn(model, variables)`` with ``image_spec(...)``.
+      rules: optional ``rewrite`` rules applied to ``fn`` first.
+    """
+    if rules:
+        fn = rewrite.rewrite(fn, *specs, rules=rules)
+    return export.export(jax.jit(fn), platforms=tuple(platforms))(*specs)
+
+
+def save(fn: Callable, path: str, *, image_size: Sequence[int], batch_size: int | None) -> None:
+    """Writes ``export_fn(fn, ...).serialize()`` to ``path`` (``DIR/model.stablehlo``)."""
+    exported = export_fn(fn, image_spec(image_size, batch_size))
+    with open(path, "wb") as f:
+        f.write(exported.serialize())
+
+
+def load(path: str) -> export.Exported:
+    """The ``Exported`` written by ``save``; call it with ``.call(images)``."""
+    with open(path, "rb") as f:
+        return export.deserialize(bytearray(f.read()))

@@ -1,0 +1,119 @@
+"""Export: each format, loaded in a fresh process without frcnn_jax, gives the Detector's boxes.
+
+One tiny untrained workdir (tests/tiny_workdir.py; exported size 64 x 64) is exported once by
+the command; tests/run_exported.py runs each artifact in a subprocess as a user would.
+Observed differences to Detector.predict (jax 0.10.2, TF 2.21, onnxruntime 1.32, CPU): none
+for StableHLO and the SavedModel (same program), scores within 1e-7 for ONNX.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from frcnn_jax.data import synthetic
+from frcnn_jax.export import __main__ as export_main
+from frcnn_jax.export import inference, prepare
+from frcnn_jax.inference.detector import Detector
+from tests.tiny import tiny_config
+from tests.tiny_workdir import make_workdir
+
+RUNNER = os.path.join(os.path.dirname(__file__), "run_exported.py")
+BOX_TOLERANCE = 0.01  # pixels of the original image
+SCORE_TOLERANCE = 1e-4
+
+
+def _images():
+    """Sizes that fill the 64 x 64 input, need only padding, are enlarged, are shrunk."""
+    options = synthetic.render_options(tiny_config().data)
+    images = []
+    for i, (h, w) in enumerate([(64, 64), (48, 64), (30, 40), (100, 80), (64, 40)]):
+        sizes = {"image_size": (h, w), "min_object_size": 8.0, "max_object_size": min(h, w)}
+        rendered = synthetic.render_example(i, split="test", **{**options, **sizes})
+        images.append(rendered["image"])
+    return images
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    make_workdir(workdir, steps=(2,))
+    output = tmp_path_factory.mktemp("exported")
+    export_main.main([f"--workdir={workdir}", f"--output={output}"])
+    images = _images()
+    info = json.loads((output / "export.json").read_text())
+    options = dict(image_size=info["image_size"], **info["preprocessing"])  # as the README
+    batch, prepared = prepare.prepare_images(images, **options)
+    np.save(output / "images.npy", batch)
+    expected = Detector.from_checkpoint(str(workdir), batch_size=4).predict(
+        images, score_threshold=0.0
+    )
+    return {"dir": output, "prepared": prepared, "expected": expected}
+
+
+def _run(exported, kind, batch=None):
+    out = exported["dir"] / f"{kind}_{batch}.npz"
+    args = [sys.executable, RUNNER, kind, str(exported["dir"]), str(exported["dir"] / "images.npy")]
+    result = subprocess.run(
+        [*args, str(out), *([str(batch)] if batch else [])], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return dict(np.load(out))
+
+
+def _check_equal(out, exported):
+    for i, (expected, prepared) in enumerate(zip(exported["expected"], exported["prepared"])):
+        valid = out["valid"][i]
+        assert valid.sum() == len(expected) > 0, f"image {i}"
+        assert not valid[valid.sum() :].any()  # a prefix
+        np.testing.assert_array_equal(out["classes"][i][valid], expected.classes)
+        boxes = prepare.to_original_pixels(out["boxes"][i][valid], prepared)
+        np.testing.assert_allclose(boxes, expected.boxes, atol=BOX_TOLERANCE, rtol=0)
+        np.testing.assert_allclose(
+            out["scores"][i][valid], expected.scores, atol=SCORE_TOLERANCE, rtol=0
+        )
+
+
+def test_the_command_writes_every_format_and_the_interface(exported):
+    directory = exported["dir"]
+    for name in ("model.stablehlo", "saved_model", "model.onnx", "class_names.json"):
+        assert os.path.exists(directory / name), name
+    info = json.loads((directory / "export.json").read_text())
+    assert info["image_size"] == [64, 64] and info["step"] == 2
+    assert info["batch_size"] == {"stablehlo": None, "saved_model": None, "onnx": 1}
+    assert json.loads((directory / "class_names.json").read_text()) == list(synthetic.CLASS_NAMES)
+
+
+@pytest.mark.parametrize("batch", [None, 2])  # any batch: 5 at once, or 2 + 2 + 1
+def test_stablehlo_matches_the_detector(exported, batch):
+    _check_equal(_run(exported, "stablehlo", batch), exported)
+
+
+def test_saved_model_matches_the_detector(exported):
+    _check_equal(_run(exported, "saved_model", 3), exported)
+
+
+def test_onnx_matches_the_detector(exported):
+    _check_equal(_run(exported, "onnx", 1), exported)
+
+
+def test_image_sizes_are_read_off_the_zero_padding():
+    images = np.zeros((3, 6, 8, 3), np.uint8)
+    images[0, :4, :5] = 7  # a 4 x 5 image padded to 6 x 8
+    images[1, 5, 7, 2] = 1  # one non-zero channel in the last pixel: the full size
+    # images[2] is all zeros: at least 1 x 1
+    sizes = inference.image_sizes_from_padding(jnp.asarray(images))
+    np.testing.assert_array_equal(sizes, [[4, 5], [6, 8], [1, 1]])
+
+
+def test_prepare_rejects_images_that_do_not_fit():
+    with pytest.raises(ValueError, match=r"resized to \(64, 128\).*exported size \(64, 64\)"):
+        prepare.prepare_image(
+            np.ones((32, 64, 3), np.uint8), image_size=(64, 64), min_size=64, max_size=128
+        )
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        prepare.prepare_image(np.ones((8, 8), np.uint8), image_size=(8, 8), min_size=8, max_size=8)
