@@ -20,8 +20,10 @@ to gloo; older versions default to none, and every cross-process computation on 
 from __future__ import annotations
 
 import os
+import pickle
 
 import jax
+import numpy as np
 from absl import logging
 
 _EXPLICIT = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
@@ -116,3 +118,22 @@ def initialize(*, environ=None, initialization_timeout: int = 300) -> tuple[int,
         jax.device_count(),
     )
     return jax.process_index(), jax.process_count()
+
+
+def allgather_objects(value) -> list:
+    """``[value of process 0, value of process 1, ...]`` on every process (picklable values).
+
+    A collective: every process must call it. Values are pickled to bytes and gathered as
+    padded uint8 arrays through ``multihost_utils.process_allgather``; with one process it
+    returns ``[value]`` without copying.
+    """
+    if jax.process_count() == 1:
+        return [value]
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+
+    payload = np.frombuffer(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.int64(payload.size))).reshape(-1)
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: payload.size] = payload
+    gathered = np.asarray(multihost_utils.process_allgather(padded))
+    return [pickle.loads(gathered[i, : int(n)].tobytes()) for i, n in enumerate(sizes)]

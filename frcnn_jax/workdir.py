@@ -91,8 +91,13 @@ class Checkpointer:
                 f"no checkpoint for step {step} in {self.directory}; "
                 f"steps found: {self.all_steps() or 'none'}"
             )
+        # Whole arrays on this process's first device, whatever the saving run's topology
+        # (a multi-process run saves global arrays; Orbax needs a target sharding for them).
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = {
-            name: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+            name: jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), tree
+            )
             for name, tree in targets.items()
         }
         args = ocp.args.Composite(

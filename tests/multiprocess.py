@@ -145,15 +145,18 @@ class Job:
         with open(out.name) as f_out, open(err.name) as f_err:
             return f_out.read(), f_err.read()
 
-    def wait_for_output(self, text: str, *, timeout: float, process_ids=None) -> None:
-        """Waits until every given process (default all) has printed ``text`` to stdout.
+    def wait_for_output(
+        self, text: str, *, timeout: float, process_ids=None, stream: str = "stdout"
+    ) -> None:
+        """Waits until every given process (default all) has printed ``text`` to ``stream``
+        ("stdout" or "stderr", where absl logs go).
 
         Raises JobError (and kills the job) when a process exits first or time runs out.
         """
         ids = range(self.num_processes) if process_ids is None else process_ids
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(text in self.output(i)[0] for i in ids):
+            if all(text in self.output(i)[stream == "stderr"] for i in ids):
                 return
             if any(self.processes[i].poll() is not None for i in ids):
                 break

@@ -85,6 +85,9 @@ class DetectionDataset:
     dataset: tf.data.Dataset
     info: DatasetInfo
     split: str
+    # Planned on the split's index (``frcnn_jax.data.indexed``): topology independent, instant
+    # resume. False: a per-process stream (``pipeline.batch_examples``).
+    indexed: bool = False
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         # An empty split (or, in training, one without a usable box) would otherwise surface as
@@ -197,7 +200,7 @@ def create_dataset(
     if planned is not None:  # the source has random access
         batches, class_names = planned
         info = DatasetInfo(tuple(class_names), shapes, int(data_config.max_boxes))
-        return DetectionDataset(batches, info, split)
+        return DetectionDataset(batches, info, split, indexed=True)
     raw, class_names = create_source(
         data_config,
         split=split,

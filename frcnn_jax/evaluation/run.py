@@ -32,6 +32,7 @@ from absl import logging
 from tqdm import tqdm
 
 from frcnn_jax import data as data_lib
+from frcnn_jax import distributed
 from frcnn_jax import workdir as workdir_lib
 from frcnn_jax.evaluation import coco, report, voc
 from frcnn_jax.evaluation.report import ap_table, summary_scalars
@@ -174,15 +175,22 @@ def run_evaluation(
       ``{"step", "voc07_map", "voc_map", "coco": {AP, AP50, ...}, "per_class": {name: VOC07
       AP}, "per_class_voc": {name: VOC AP}, "images", "images_per_second"}``; NaN is None.
     """
-    # Every process reads the whole split: the metrics need all images in one place.
+    # Each process infers its share of the split; the results are gathered on every process.
+    count = jax.process_count()
     batches = data_lib.create_dataset(
         config.data,
         split=config.data.eval_split,
         training=False,
-        batch_size=config.eval_batch_size,
+        batch_size=max(1, config.eval_batch_size // count),
         seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=count,
     )
     results, speed = predict_split(make_predict_fn(model), variables, batches, progress=progress)
+    shares = distributed.allgather_objects((results, speed))
+    # One order whatever the number of processes (the VOC metric breaks score ties by order).
+    results = sorted((r for part, _ in shares for r in part), key=lambda r: r["image_id"])
+    speed = sum(s for _, s in shares)
     scores = score(results, num_classes=len(class_names))
     metrics = {
         "step": int(step),
@@ -213,6 +221,8 @@ def evaluate_checkpoint(
       workdir.WorkdirError: a missing or unreadable checkpoint, or a workdir trained with
         another config (class list or model); the message names the file, step or weights.
     """
+    if config.get("distributed", False):  # each process evaluates its share (run_evaluation)
+        distributed.initialize()
     run_config, run_names = workdir_lib.load_run(workdir)
     workdir_lib.check_class_names(workdir, run_names, data_lib.get_class_names(config.data))
     # The trained architecture (normalisation, anchors, roi op...) comes from the workdir;
@@ -237,8 +247,10 @@ def evaluate_checkpoint(
         class_names=run_names,
         step=step,
         output_dir=output_dir,
-        progress=progress,
+        progress=progress and jax.process_index() == 0,
     )
+    if jax.process_index() != 0:
+        return metrics
     print(f"step {step}, {metrics['images']} images, {metrics['images_per_second']:.1f} img/s")
     print(ap_table(metrics))
     coco = {k: v for k, v in metrics["coco"].items() if k.startswith("AP") and v is not None}

@@ -13,6 +13,7 @@ from absl import logging
 from clu import metric_writers
 
 from frcnn_jax import data as data_lib
+from frcnn_jax import distributed, preemption
 from frcnn_jax import workdir as workdir_lib
 from frcnn_jax.evaluation import run as eval_run
 from frcnn_jax.models import build_model, init_variables
@@ -27,11 +28,22 @@ from frcnn_jax.training.step import (
 )
 
 
+class Preempted(Exception):
+    """Training stopped at a preemption notice after a complete checkpoint at ``step``."""
+
+    def __init__(self, step: int):
+        super().__init__(f"preempted: checkpoint at step {step} saved; run again to continue")
+        self.step = step
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from the latest checkpoint in workdir); returns the last metrics."""
+    """Trains (resuming from the latest checkpoint in workdir); returns the last metrics.
+
+    Raises ``Preempted`` after saving when a preemption notice (SIGTERM) arrives.
+    """
     validate_config(config)
     if config.get("distributed", False):
-        jax.distributed.initialize()
+        distributed.initialize()
     check_batch_layout(config)
     config = with_step_schedule(config)
     class_names = data_lib.get_class_names(config.data)
@@ -50,37 +62,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     batches = device_batches(config, mesh, start_step=start_step)
     window = MetricWindow(total_steps=config.num_train_steps, batch_size=config.batch_size)
     compiled, pending, last = set(), None, {}
-    for step in range(start_step, config.num_train_steps):
-        batch = next(batches)
-        shape, start = tuple(batch["images"].shape), time.perf_counter()
-        state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
-        first = shape not in compiled
-        if first:  # compile time stays out of the images/s
-            jax.block_until_ready(metrics)
-            compiled.add(shape)
-            logging.info("compiled the step for %s in %.1f s", shape, time.perf_counter() - start)
-            window.restart_clock()
-        # At most two steps in flight: a bounded host queue, and no rendezvous deadlocks from
-        # many queued collectives on simulated CPU devices.
-        if pending is not None:
-            jax.block_until_ready(pending)
-        pending = metrics
-        window.add(metrics, timed=not first)
-        done = step + 1
-        last_step = done == config.num_train_steps
-        if done % config.log_every_steps == 0 or last_step:
-            check_finite(state, checkpointer)
-            last = window.summary(done, float(schedule(step)))
-            writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
-        if done % config.checkpoint_every_steps == 0 or last_step:
-            check_finite(state, checkpointer)
-            save(checkpointer, state)
-        if config.eval_every_steps and (done % config.eval_every_steps == 0 or last_step):
-            result = evaluate(model, state, config, class_names, writer, workdir, done)
-            last.update({k: result[k] for k in ("voc07_map", "voc_map") if k in result})
+    with preemption.PreemptionWatch() as watch:
+        for step in range(start_step, config.num_train_steps):
+            batch = next(batches)
+            shape, start = tuple(batch["images"].shape), time.perf_counter()
+            state, metrics = step_fn(state, batch, jax.random.fold_in(train_key, step))
+            first = shape not in compiled
+            if first:  # compile time stays out of the images/s
+                jax.block_until_ready(metrics)
+                compiled.add(shape)
+                logging.info(
+                    "compiled the step for %s in %.1f s", shape, time.perf_counter() - start
+                )
+                window.restart_clock()
+            # At most two steps in flight: a bounded host queue, and no rendezvous deadlocks
+            # from many queued collectives on simulated CPU devices.
+            if pending is not None:
+                jax.block_until_ready(pending)
+            pending = metrics
+            window.add(metrics, timed=not first)
+            done = step + 1
+            last_step = done == config.num_train_steps
+            if done % config.log_every_steps == 0 or last_step:
+                check_finite(state, checkpointer)
+                last = window.summary(done, float(schedule(step)))
+                writer.write_scalars(done, {f"train/{k}": v for k, v in last.items()})
+            if done % config.checkpoint_every_steps == 0 or last_step:
+                check_finite(state, checkpointer)
+                save(checkpointer, state)
+            if watch.reached(done):  # every process gets True at the same step
+                stop_preempted(checkpointer, state, writer)
+            if config.eval_every_steps and (done % config.eval_every_steps == 0 or last_step):
+                result = evaluate(model, state, config, class_names, writer, workdir, done)
+                last.update({k: result[k] for k in ("voc07_map", "voc_map") if k in result})
     checkpointer.close()
     writer.flush()
     return last
+
+
+def stop_preempted(checkpointer, state, writer) -> None:
+    """Saves ``state`` (unless its step is saved already), waits until the checkpoint is
+    complete on every process, and raises ``Preempted``."""
+    step = int(jax.device_get(state.step))
+    check_finite(state, checkpointer)
+    if step not in checkpointer.all_steps():
+        save(checkpointer, state)
+    checkpointer.wait()
+    checkpointer.close()
+    writer.flush()
+    logging.warning("preempted: checkpoint at step %d is complete; exiting", step)
+    raise Preempted(step)
 
 
 def with_step_schedule(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -137,23 +168,11 @@ def with_step_schedule(config: ml_collections.ConfigDict) -> ml_collections.Conf
 
 
 def check_batch_layout(config: ml_collections.ConfigDict) -> None:
-    """The global batch must split over the devices; multi-host needs one padded shape."""
+    """The global batch must split over the devices."""
     if config.batch_size % jax.device_count():
         raise ValueError(
             f"config.batch_size={config.batch_size} is not divisible by the "
             f"{jax.device_count()} devices"
-        )
-    buckets = data_lib.bucket_shapes(
-        min_size=config.data.min_size,
-        max_size=config.data.max_size,
-        buckets=config.data.get("buckets") or None,
-    )
-    if jax.process_count() > 1 and len(buckets) > 1:
-        # Each host groups its own shard by bucket; hosts would feed different shapes to
-        # the same global step.
-        raise ValueError(
-            f"multi-host training needs one padded shape; data buckets are {buckets}: set "
-            "--config.data.buckets='((H, W),)' holding every resized image"
         )
 
 
@@ -173,8 +192,6 @@ def restore_or_initialize(config, model, init_key, checkpointer):
         items = checkpointer.restore(step, **checkpoint_items(state))
         state = from_checkpoint_items(state, items)
         logging.info("resumed from checkpoint at step %d", step)
-        if step < config.num_train_steps:
-            logging.info("replaying the first %d training batches on the host to resume", step)
     check_finite(state, checkpointer)
     return state, schedule
 
@@ -192,11 +209,32 @@ def device_batches(config, mesh, *, start_step: int):
         process_count=jax.process_count(),
         start_step=start_step,
     )
+    if not dataset.indexed:
+        check_stream_layout(config, dataset, start_step=start_step)
     return data_lib.prefetch_to_device(
         ({k: batch[k] for k in sharding.TRAIN_KEYS} for batch in dataset),
         size=2,
         sharding=sharding.data_sharding(mesh),
     )
+
+
+def check_stream_layout(config, dataset, *, start_step: int) -> None:
+    """A source without random access is a per-process stream: resuming replays the skipped
+    batches, and multi-process training needs one padded shape (each process groups its own
+    shard by bucket, so processes would feed different shapes to one step)."""
+    buckets = dataset.info.bucket_shapes
+    if jax.process_count() > 1 and len(buckets) > 1:
+        raise ValueError(
+            f"data.name={config.data.name!r} has no random access here, so multi-process "
+            f"training needs one padded shape; data buckets are {buckets}: set "
+            "--config.data.buckets='((H, W),)' holding every resized image"
+        )
+    if start_step:
+        logging.info(
+            "data.name=%r has no random access: replaying the first %d batches on the host",
+            config.data.name,
+            start_step,
+        )
 
 
 def check_finite(state, checkpointer) -> None:
@@ -212,16 +250,16 @@ def check_finite(state, checkpointer) -> None:
 
 
 def save(checkpointer, state) -> None:
-    """Starts an asynchronous save of ``state`` at its step."""
-    host_state = jax.device_get(state)
-    checkpointer.save(int(host_state.step), **checkpoint_items(host_state))
+    """Starts an asynchronous save of ``state`` at its step (one process: from host copies;
+    several: every process passes the global arrays, as Orbax's multi-process saving needs)."""
+    if jax.process_count() == 1:
+        state = jax.device_get(state)
+    checkpointer.save(int(jax.device_get(state.step)), **checkpoint_items(state))
 
 
 def evaluate(model, state, config, class_names, writer, workdir, step) -> dict:
-    """Evaluates on the first process only, on its local devices (the metrics need every
-    image in one place); other processes go on. Parameters come to the host once."""
-    if jax.process_index() != 0:
-        return {}
+    """Evaluates on every process, each on its share of the split (``run_evaluation`` gathers
+    the detections); parameters come to the host once."""
     variables = jax.device_get({"params": state.params, "frozen": state.frozen})
     result = eval_run.run_evaluation(
         model,
@@ -231,6 +269,8 @@ def evaluate(model, state, config, class_names, writer, workdir, step) -> dict:
         step=step,
         output_dir=os.path.join(workdir, "eval"),
     )
+    if jax.process_index() != 0:
+        return result
     logging.info("step %d evaluation:\n%s", step, eval_run.ap_table(result))
     writer.write_scalars(step, eval_run.summary_scalars(result))
     return result

@@ -69,8 +69,13 @@ def shard_batch(batch: dict, mesh: Mesh) -> dict:
 
 
 def replicate(tree, mesh: Mesh):
-    """Places a pytree fully replicated on the mesh."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Places a pytree fully replicated on the mesh.
+
+    Goes through host (NumPy) values: with several processes, ``jax.device_put`` of an array
+    already on a local device onto a multi-process sharding gives (JAX 0.10) an array that fails
+    later ("must have one shard each"); from host values every process supplies its replicas.
+    """
+    return jax.device_put(jax.device_get(tree), NamedSharding(mesh, P()))
 
 
 def unreplicate_metrics(metrics) -> dict[str, float]:

@@ -1,0 +1,52 @@
+"""Runs the tiny config in one process of a test job: ``train_job.py MODE WORKDIR DATA_ROOT JSON``.
+
+MODE "train": ``loop.train_and_evaluate`` (exit 75 when preempted, as train.py); "eval":
+``run.evaluate_checkpoint``. DATA_ROOT: a VOC-layout folder (images of several aspect ratios,
+so batches fall into two padded shapes). JSON: config overrides ({"a.b": value}).
+``config.distributed`` is True whenever the job has more than one process.
+"""
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import logging  # noqa: E402
+
+from frcnn_jax import logs, preemption  # noqa: E402
+from frcnn_jax.evaluation import run  # noqa: E402
+from frcnn_jax.training import loop  # noqa: E402
+from tests.tiny import tiny_config  # noqa: E402
+
+CLASSES = ("circle", "square")
+
+
+def config_for(data_root: str, **overrides):
+    """The tiny model on the voc_dir folder: min_size 64, max_size 96 -> buckets 64x96, 96x64."""
+    defaults = {
+        "data.name": "voc_dir",
+        "data.root": data_root,
+        "data.train_split": "trainval",
+        "data.eval_split": "test",
+        "data.min_size": 64,
+        "data.max_size": 96,
+        "distributed": int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1,
+    }
+    return tiny_config(**{**defaults, **overrides})
+
+
+if __name__ == "__main__":
+    mode, workdir, root, overrides = sys.argv[1:5]
+    logging.set_verbosity(logging.INFO)
+    logs.quiet_third_party()
+    config = config_for(root, **json.loads(overrides))
+    if mode == "eval":
+        metrics = run.evaluate_checkpoint(config, workdir, progress=False)
+        print("METRICS " + json.dumps(metrics), flush=True)
+        sys.exit(0)
+    try:
+        loop.train_and_evaluate(config, workdir)
+    except loop.Preempted:
+        sys.exit(preemption.EXIT_PREEMPTED)
+    print("DONE", flush=True)
