@@ -102,6 +102,17 @@ def test_onnx_matches_the_detector(exported):
     _check_equal(_run(exported, "onnx", 1), exported)
 
 
+def test_the_command_names_a_missing_workdir_or_step(exported, tmp_path, capsys):
+    workdir = json.loads((exported["dir"] / "export.json").read_text())["workdir"]
+    assert export_main.main([f"--workdir={tmp_path / 'nowhere'}", f"--output={tmp_path}"]) == 2
+    assert "nowhere does not exist" in capsys.readouterr().err
+    args = [f"--workdir={workdir}", "--checkpoint=7", f"--output={tmp_path}"]
+    assert export_main.main(args) == 2
+    assert "steps found: [2]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        export_main.main([f"--workdir={workdir}", f"--output={tmp_path}", "--formats=tflite"])
+
+
 def test_image_sizes_are_read_off_the_zero_padding():
     images = np.zeros((3, 6, 8, 3), np.uint8)
     images[0, :4, :5] = 7  # a 4 x 5 image padded to 6 x 8

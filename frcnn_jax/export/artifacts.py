@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from frcnn_jax import restore
 from frcnn_jax.export import inference, onnx, saved_model, stablehlo
 
+# What a workdir that cannot be exported raises (the message names the file or step).
+WorkdirError = restore.WorkdirError
+
 FORMATS = ("stablehlo", "saved_model", "onnx")
 FILE_NAMES = {"stablehlo": "model.stablehlo", "saved_model": "saved_model", "onnx": "model.onnx"}
 # ONNX models need a fixed batch (onnx.py); this one unless --batch_size says otherwise.
@@ -45,7 +48,7 @@ def export_workdir(
 
     Raises:
       ValueError: an unknown format, or a non-positive size.
-      restore.WorkdirError: the workdir or checkpoint cannot be used (the message says why).
+      WorkdirError: the workdir or checkpoint cannot be used (the message says why).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
