@@ -53,7 +53,8 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    """Runs the command; returns the exit status (2: the workdir cannot be exported)."""
+    """Runs the command; returns the exit status (2: the workdir cannot be exported, or the
+    ONNX packages are missing)."""
     args = parse_args(argv)
     try:
         info = artifacts.export_workdir(
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
             batch_size=args.batch_size,
             image_size=args.image_size,
         )
-    except artifacts.WorkdirError as e:
+    except (artifacts.WorkdirError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = {k: info[k] for k in ("formats", "batch_size", "image_size", "step")}

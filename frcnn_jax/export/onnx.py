@@ -37,6 +37,18 @@ from frcnn_jax.export.inference import INPUT_NAME, OUTPUT_NAMES
 DEFAULT_OPSET = 21
 
 
+def check_installed() -> None:
+    """Raises ImportError, saying what to install, unless onnx and jax2onnx import."""
+    try:
+        import jax2onnx  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"ONNX export needs onnx and jax2onnx ({e}): pip install 'frcnn-jax[export]' "
+            "(or -e '.[export]' in a checkout)"
+        ) from e
+
+
 def convertible_jaxpr(fn: Callable, spec: jax.ShapeDtypeStruct):
     """The jaxpr of ``images -> (boxes, classes, scores, valid)`` with ``ONNX_RULES``."""
 
