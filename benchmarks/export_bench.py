@@ -1,8 +1,8 @@
 """Inference throughput by batch size: the Detector's function and each exported format.
 
 Run (CPU; the table in RESULTS.md):
-  python benchmarks/export_bench.py --config=configs/synthetic.py --batch_sizes=1,4,8 \
-    --steps=10 --warmup=2
+  python benchmarks/export_bench.py --config=configs/synthetic.py --num_classes=5 \
+    --batch_sizes=1,4,8 --steps=10 --warmup=2
 
 For each batch size B: images/s = B / median time of one call on B random images of the
 exported size (the config's largest padded shape unless --image_size), every call waited on

@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
     # lr at reference_batch_size; the run uses learning_rate * batch_size / reference_batch_size.
     config.learning_rate = 1e-3
     config.reference_batch_size = 1
+    config.optimizer = "sgd"  # or "adamw" (momentum is then its b1)
     config.momentum = 0.9
     config.weight_decay = 5e-4  # VGG16's; 1e-4 for ResNet-FPN (torchvision, detectron2)
     config.bias_lr_factor = 1.0  # biases (and GroupNorm scales) learn at this x lr; the seed: 2

@@ -127,3 +127,20 @@ def test_no_long_loops_on_accelerators():
     gpu = loops("cuda")
     assert gpu and all(loop.source.startswith("nms.py") for loop in gpu), gpu
     assert [loop.bound for loop in gpu if not loop.parents] == [1]  # 200 candidates, one tile
+
+
+def test_export_benchmark_prints_a_row_per_format(tmp_path):
+    # ONNX's row is left out: its conversion (tested in test_export.py) would double the time.
+    config = tmp_path / "tiny_bench_config.py"
+    config.write_text(TINY_CONFIG)
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
+    command = [
+        sys.executable, os.path.join(REPO_ROOT, "benchmarks", "export_bench.py"),
+        f"--config={config}", "--batch_sizes=2", "--steps=1", "--warmup=0",
+        "--formats=detector,stablehlo,saved_model",
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "markdown: | format | batch 2 |" in proc.stdout, proc.stdout
+    for name in ("detector", "stablehlo", "saved_model"):
+        assert f"markdown: | {name} | " in proc.stdout, proc.stdout

@@ -94,3 +94,38 @@ def test_group_norm_scales_are_undecayed_and_bias_lr_factor_doubles_their_step()
     np.testing.assert_allclose(updates["head"]["fc6"]["kernel"], -0.1)
     np.testing.assert_allclose(updates["head"]["fc6"]["bias"], -0.2)  # the seed's 2x on biases
     np.testing.assert_allclose(updates["body"]["body"]["bn1"]["scale"], -0.2)
+
+
+def _adamw_step(param, grad, *, lr, b1, b2, eps, weight_decay):
+    """One AdamW step from zero moments, written out (Loshchilov & Hutter; bias-corrected)."""
+    m = (1 - b1) * grad / (1 - b1)
+    v = (1 - b2) * grad**2 / (1 - b2)
+    return param - lr * (m / (np.sqrt(v) + eps) + weight_decay * param)
+
+
+def test_adamw_decays_weights_not_biases_and_leaves_frozen_layers():
+    params = _params()
+    grads = jax.tree.map(lambda p: 0.25 * jnp.ones_like(p), params)
+    tx = optim.make_optimizer(
+        params,
+        backbone="vgg16",
+        schedule=optax.constant_schedule(0.1),
+        weight_decay=0.5,
+        momentum=0.8,
+        optimizer="adamw",
+    )
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new = optax.apply_updates(params, updates)
+    step = dict(lr=0.1, b1=0.8, b2=0.999, eps=1e-8)
+    kernel = new["head"]["fc6"]["kernel"]
+    np.testing.assert_allclose(kernel, _adamw_step(1.0, 0.25, weight_decay=0.5, **step), rtol=1e-6)
+    bias = new["head"]["fc6"]["bias"]
+    np.testing.assert_allclose(bias, _adamw_step(1.0, 0.25, weight_decay=0.0, **step), rtol=1e-6)
+    np.testing.assert_array_equal(new["body"]["conv1_1"]["kernel"], 1.0)
+
+
+def test_unknown_optimizer_is_named():
+    with np.testing.assert_raises_regex(ValueError, "'adam'.*sgd"):
+        optim.make_optimizer(
+            _params(), backbone="vgg16", schedule=optax.constant_schedule(0.1), optimizer="adam"
+        )

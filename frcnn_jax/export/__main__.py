@@ -53,15 +53,21 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    """Runs the command; returns the exit status (2: the workdir cannot be exported, or the
+    ONNX packages are missing)."""
     args = parse_args(argv)
-    info = artifacts.export_workdir(
-        args.workdir,
-        args.output,
-        step=args.checkpoint,
-        formats=args.formats,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-    )
+    try:
+        info = artifacts.export_workdir(
+            args.workdir,
+            args.output,
+            step=args.checkpoint,
+            formats=args.formats,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+        )
+    except (artifacts.WorkdirError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     summary = {k: info[k] for k in ("formats", "batch_size", "image_size", "step")}
     print(f"exported to {args.output}: {json.dumps(summary)}")
     return 0

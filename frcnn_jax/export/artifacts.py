@@ -17,6 +17,9 @@ from collections.abc import Sequence
 from frcnn_jax import workdir as workdir_lib
 from frcnn_jax.export import inference, onnx, saved_model, stablehlo
 
+# What a workdir that cannot be exported raises (the message names the file or step).
+WorkdirError = workdir_lib.WorkdirError
+
 FORMATS = ("stablehlo", "saved_model", "onnx")
 FILE_NAMES = {"stablehlo": "model.stablehlo", "saved_model": "saved_model", "onnx": "model.onnx"}
 # ONNX models need a fixed batch (onnx.py); this one unless --batch_size says otherwise.
@@ -45,17 +48,20 @@ def export_workdir(
 
     Raises:
       ValueError: an unknown format, or a non-positive size.
-      workdir_lib.WorkdirError: the workdir or checkpoint cannot be used (the message says why).
+      ImportError: ONNX asked for without the [export] extra installed.
+      WorkdirError: the workdir or checkpoint cannot be used (the message says why).
     """
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"formats {list(formats)}: choose from {list(FORMATS)}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise ValueError(f"image_size must be (height, width) > 0, got {image_size}")
+    if "onnx" in formats:
+        onnx.check_installed()
     model, variables, config, class_names, step = workdir_lib.load_model(workdir, step=step)
     image_size = tuple(int(s) for s in (image_size or inference.default_image_size(config.data)))
-    if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(f"image_size must be (height, width) > 0, got {image_size}")
     apply_fn = inference.make_apply_fn(model)
     fn = functools.partial(apply_fn, variables)
     os.makedirs(output, exist_ok=True)

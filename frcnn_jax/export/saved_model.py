@@ -6,7 +6,7 @@ D detections per image.
 ``DIR/saved_model/`` has one ``serving_default`` signature: input ``images`` uint8
 ``[B, H, W, 3]``, outputs ``boxes`` float32 ``[B, D, 4]``, ``classes`` int32 ``[B, D]``,
 ``scores`` float32 ``[B, D]``, ``valid`` bool ``[B, D]``; the weights are its variables. It
-loads with ``tf.saved_model.load`` in a process without JAX (``LOAD_EXAMPLE``) and serves
+loads with ``tf.saved_model.load`` in a process without JAX (README, "Deploy") and serves
 with TF Serving (the op ships with TensorFlow).
 
 Why not ``jax2tf.convert``: it wraps a ``jax.export`` program in the same op, but serialises
@@ -36,13 +36,6 @@ from frcnn_jax.export.inference import INPUT_NAME
 # (the first with XlaCallModule calling convention 10, which jax 0.10 emits), new enough to
 # hold every op of the detector (1.0 lacks gather_v2 with batching dimensions).
 TF_STABLEHLO_VERSION = "1.8.0"
-
-LOAD_EXAMPLE = """\
-import tensorflow as tf
-detect = tf.saved_model.load("DIR/saved_model").signatures["serving_default"]
-out = detect(images=tf.constant(images))  # uint8 [B, H, W, 3]
-boxes, classes = out["boxes"].numpy(), out["classes"].numpy()  # also "scores", "valid"
-"""
 
 
 def save(

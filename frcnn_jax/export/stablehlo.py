@@ -5,7 +5,7 @@ D detections per image.
 
 ``DIR/model.stablehlo`` is ``jax.export.Exported.serialize()``: the StableHLO program
 (weights as constants) lowered for CPU and CUDA, with the input/output tree. Loading needs
-``jax`` alone, no frcnn_jax (``LOAD_EXAMPLE``).
+``jax`` alone, no frcnn_jax (README, "Deploy").
 """
 
 from __future__ import annotations
@@ -22,13 +22,6 @@ from frcnn_jax.export import rewrite
 # platform when it compiles.
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 BATCH_DIMENSION = "batch"
-
-LOAD_EXAMPLE = """\
-from jax import export
-with open("DIR/model.stablehlo", "rb") as f:
-    detect = export.deserialize(bytearray(f.read()))
-out = detect.call(images)  # uint8 [B, H, W, 3] -> dict of boxes, classes, scores, valid
-"""
 
 
 def image_spec(image_size: Sequence[int], batch_size: int | None) -> jax.ShapeDtypeStruct:

@@ -6,6 +6,10 @@ go through ``optax.set_to_zero`` inside ``optax.multi_transform``: no update,
 no weight decay, and no momentum buffer is allocated for them. Biases (and
 normalisation scales and offsets) learn at ``bias_lr_factor`` x the learning
 rate: 1 by default, 2 as the seed (a Caffe habit, detectron2's BIAS_LR_FACTOR).
+
+``optimizer="adamw"`` swaps SGD for AdamW (decoupled weight decay, still not on biases or
+frozen layers), the usual choice for short from-scratch schedules; ``momentum`` is then
+AdamW's b1.
 """
 
 from __future__ import annotations
@@ -65,6 +69,9 @@ def param_labels(params, *, backbone: str, backbone_options: Mapping[str, Any] |
     return flax.traverse_util.unflatten_dict(labels, sep="/")
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def make_optimizer(
     params,
     *,
@@ -74,19 +81,25 @@ def make_optimizer(
     weight_decay: float = 5e-4,
     bias_lr_factor: float = 1.0,
     backbone_options: Mapping[str, Any] | None = None,
+    optimizer: str = "sgd",
 ) -> optax.GradientTransformation:
-    """SGD(momentum) with decoupled masks: biases undecayed (learning at ``bias_lr_factor`` x
-    the schedule), frozen layers (the backbone's ``frozen_prefixes``) untouched."""
-    sgd = optax.sgd(schedule, momentum=momentum)
-    if bias_lr_factor == 1.0:
-        bias_sgd = sgd
+    """SGD(momentum) or AdamW with decoupled masks: biases undecayed (learning at
+    ``bias_lr_factor`` x the schedule), frozen layers (the backbone's ``frozen_prefixes``)
+    untouched."""
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer={optimizer!r} unknown; expected one of {OPTIMIZERS}")
+    bias_schedule = schedule
+    if bias_lr_factor != 1.0:
+        bias_schedule = lambda step: bias_lr_factor * schedule(step)  # noqa: E731
+    if optimizer == "adamw":
+        weight_tx = optax.adamw(schedule, b1=momentum, weight_decay=weight_decay)
+        bias_tx = optax.adam(bias_schedule, b1=momentum)
     else:
-        bias_sgd = optax.sgd(lambda step: bias_lr_factor * schedule(step), momentum=momentum)
+        weight_tx = optax.chain(
+            optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum)
+        )
+        bias_tx = optax.sgd(bias_schedule, momentum=momentum)
     return optax.multi_transform(
-        {
-            "weight": optax.chain(optax.add_decayed_weights(weight_decay), sgd),
-            "bias": bias_sgd,
-            "frozen": optax.set_to_zero(),
-        },
+        {"weight": weight_tx, "bias": bias_tx, "frozen": optax.set_to_zero()},
         param_labels(params, backbone=backbone, backbone_options=backbone_options),
     )

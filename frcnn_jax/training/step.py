@@ -59,6 +59,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: FasterRCNN, var
         weight_decay=config.weight_decay,
         bias_lr_factor=config.get("bias_lr_factor", 1.0),
         backbone_options=model.backbone_options,
+        optimizer=config.get("optimizer", "sgd"),
     )
     state = TrainState.create(
         apply_fn=model.apply,
