@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from frcnn_jax import data as data_lib
 from frcnn_jax.data import auto_anchors, stats
+from frcnn_jax.training.anchor_setup import RECALL_WARNING, STATS_RULES, anchor_set_for_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.")
 _SPLIT = flags.DEFINE_string("split", None, "Split to describe; default config.data.train_split.")
@@ -29,22 +30,6 @@ flags.mark_flags_as_required(["config"])
 
 QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 HISTOGRAM_EDGES = (0, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, np.inf)
-RECALL_WARNING = 0.95  # below this recall at IoU 0.5 the report (and training) warns
-
-
-def anchor_set_for_model(model) -> stats.AnchorSet:
-    """The AnchorSet a FasterRCNN module uses (its strides, anchor sizes and ratios)."""
-    strides = tuple(int(s) for s in model._strides())
-    sizes = tuple(float(size) for size in model.anchor_options.sizes)
-    ratios = tuple(float(ratio) for ratio in model.anchor_options.ratios)
-    if model.is_fpn:
-        return stats.AnchorSet(strides=strides, sizes=tuple((s,) for s in sizes), ratios=ratios)
-    return stats.AnchorSet(strides=strides, sizes=(sizes,), ratios=ratios)
-
-
-# The anchor rule the model trains with today (the seed's: anchors crossing the border are
-# ignored); anchors are fitted for it.
-FIT_RULE = "inside"
 
 
 def _quantile_line(name: str, values: np.ndarray) -> str:
@@ -144,8 +129,11 @@ def report(config, split_name: str) -> str:
     sets = [("configured", configured)]
     if len(sizes):
         geometry = stats.trained_geometry(split, buckets=buckets, exclude_difficult=exclude)
-        chosen = auto_anchors.auto_anchor_set(configured, *geometry, rule=FIT_RULE)
-        sets.append((f"fitted to these boxes under rule {FIT_RULE!r}", chosen))
+        # Fitted for the rule the model trains with (model.rpn.border_rule), as
+        # model.anchors.auto=True does at the start of training.
+        rule = STATS_RULES[config.model.rpn.border_rule]
+        chosen = auto_anchors.auto_anchor_set(configured, *geometry, rule=rule)
+        sets.append((f"fitted to these boxes under rule {rule!r}", chosen))
     for title, anchor_set in sets:
         table, worst = _recall_lines(split, anchor_set, buckets=buckets, exclude_difficult=exclude)
         lines += [

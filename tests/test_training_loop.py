@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from frcnn_jax import data as data_lib
+from frcnn_jax import workdir as workdir_lib
 from frcnn_jax.models import build_model, init_variables
-from frcnn_jax.training import loop, sharding
+from frcnn_jax.training import anchor_setup, loop, sharding
 from frcnn_jax.training.step import create_train_state, image_keys, train_step
 from tests.tiny import tiny_config
 
@@ -68,9 +69,16 @@ def test_non_finite_loss_leaves_the_state_unchanged_and_records_the_step():
 
 
 def test_train_and_evaluate_runs_logs_checkpoints_and_stops_on_nan(tmp_path):
-    config = tiny_config(num_train_steps=4, eval_every_steps=4)
+    # Anchors fitted to the data at startup: the workdir records them, evaluation uses them.
+    config = tiny_config(num_train_steps=4, eval_every_steps=4, **{"model.anchors.auto": True})
     metrics = loop.train_and_evaluate(config, str(tmp_path))
     assert np.isfinite(metrics["total"]) and "voc07_map" in metrics
+    recorded, _ = workdir_lib.load_run(str(tmp_path))
+    expected = anchor_setup.setup_anchors(config).model.anchors
+    assert not recorded.model.anchors.auto
+    assert (
+        tuple(recorded.model.anchors.sizes) == tuple(expected.sizes) != config.model.anchors.sizes
+    )
     assert sorted(
         int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()
     ) == [2, 4]

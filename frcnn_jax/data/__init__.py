@@ -96,6 +96,12 @@ class DetectionDataset:
         return NumpyIterator(self.dataset, empty_error=empty_error)
 
 
+def source_module(data_config):
+    """The module of data.name's source (``source``, and optionally ``records``,
+    ``class_names``, ``random_access``, ``count_training_examples``)."""
+    return _source_module(data_config)
+
+
 def _source_module(data_config):
     name = data_config.name
     if name not in _SOURCES:

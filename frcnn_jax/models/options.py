@@ -19,6 +19,10 @@ class AnchorOptions:
 
     sizes: tuple[float, ...] = (128.0, 256.0, 512.0)
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # True: training replaces sizes (and ratios, where that raises recall) with anchors fitted
+    # to the training boxes at startup (frcnn_jax.training.anchor_setup); the run's workdir
+    # records the chosen values. The model itself reads sizes and ratios only.
+    auto: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ from frcnn_jax import distributed, preemption
 from frcnn_jax import workdir as workdir_lib
 from frcnn_jax.evaluation import run as eval_run
 from frcnn_jax.models import build_model, init_variables
+from frcnn_jax.training import anchor_setup, sharding
 from frcnn_jax.training import schedule as schedule_lib
-from frcnn_jax.training import sharding
 from frcnn_jax.training.config_checks import validate_config
 from frcnn_jax.training.monitor import MetricWindow
 from frcnn_jax.training.step import (
@@ -46,6 +46,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         distributed.initialize()
     check_batch_layout(config)
     config = with_step_schedule(config)
+    config = anchor_setup.setup_anchors(config)
     class_names = data_lib.get_class_names(config.data)
     if jax.process_index() == 0:
         workdir_lib.write_run_info(workdir, config, class_names)
