@@ -318,7 +318,11 @@ class FasterRCNN(nn.Module):
 def _per_image(fn, features, rois):
     """``fn(features_i, rois_i)`` stacked over the batch. On CPU one image after another
     (``lax.map``): vmapped RoI ops do not scale with the batch there (batch 8 ran at 34 ms per
-    image against 15 mapped; benchmarks/RESULTS.md); accelerators vmap (no serial loop)."""
+    image against 15 mapped; benchmarks/RESULTS.md); accelerators vmap (no serial loop). A
+    symbolic batch (export with a batch-polymorphic signature) vmaps everywhere: a scan needs
+    a known length."""
+    if not isinstance(rois.shape[0], int):
+        return jax.vmap(fn)(features, rois)
 
     def mapped(features, rois):
         return jax.lax.map(lambda args: fn(*args), (features, rois))
