@@ -23,6 +23,7 @@ import os
 import tempfile
 import time
 
+import bench_timing
 import bench_util
 import jax
 import numpy as np
@@ -38,8 +39,8 @@ flags.DEFINE_string("formats", "detector,stablehlo,saved_model,onnx", "Rows to m
 
 
 def _time(call, sync, images) -> float:
-    """Median seconds of one synchronised call (bench_util's timing rules)."""
-    timing = bench_util.time_steps(
+    """Median seconds of one synchronised call (bench_timing.time_steps)."""
+    timing = bench_timing.time_steps(
         lambda i: call(images[i % len(images)]), sync, warmup=FLAGS.warmup, steps=FLAGS.steps
     )
     return timing["median_s"]
