@@ -78,9 +78,12 @@ def _params(workdir, root, step=STEPS):
 
 
 def _assert_same_params(a, b, **tolerance):
-    flat_a, flat_b = jax.tree.leaves_with_pa @ pytest.fixture(scope="module")
+    flat_a, flat_b = jax.tree.leaves_with_path(a), jax.tree.leaves(b)
+    for (path, x), y in zip(flat_a, flat_b, strict=True):
+        np.testing.assert_allclose(x, y, err_msg=jax.tree_util.keystr(path), **tolerance)
 
 
+@pytest.fixture(scope="module")
 def runs(data_root, tmp_path_factory):
     """Workdirs of the same training (global batch 2, two padded shapes) on three topologies."""
     topologies = {
