@@ -11,6 +11,8 @@ exported size (the config's largest padded shape unless --image_size), every cal
   compiled ahead of time for B;
 - stablehlo: ``model.stablehlo`` (symbolic batch) deserialised and jitted for B;
 - saved_model: ``saved_model/`` (symbolic batch), its ``serving_default`` signature;
+- stablehlo_fixed, saved_model_fixed: the same exported for B (``--batch_size=B``), whose RoI ops
+  can run image by image on CPU as the Detector's do;
 - onnx: ``model.onnx`` exported for B (ONNX models have a fixed batch), onnxruntime with its
   default threads.
 The model is the config's with random weights (speed does not depend on them; the detections
@@ -35,7 +37,11 @@ from frcnn_jax.models import build_model, init_variables
 
 FLAGS = bench_util.FLAGS
 flags.DEFINE_string("batch_sizes", "1,4,8", "Comma-separated batch sizes.")
-flags.DEFINE_string("formats", "detector,stablehlo,saved_model,onnx", "Rows to measure.")
+flags.DEFINE_string(
+    "formats",
+    "detector,stablehlo,saved_model,stablehlo_fixed,saved_model_fixed,onnx",
+    "Rows to measure (*_fixed: exported per batch size, --batch_size=B).",
+)
 
 
 def _time(call, sync, images) -> float:
@@ -118,6 +124,18 @@ def main(argv):
         for batch in batch_sizes:
             images = [rng.integers(1, 256, (batch, *size, 3), np.uint8) for _ in range(2)]
             onnx_path = os.path.join(directory, f"model_{batch}.onnx")
+            fixed = os.path.join(directory, f"fixed_{batch}")
+            if "stablehlo_fixed" in formats or "saved_model_fixed" in formats:
+                start = time.perf_counter()
+                if "stablehlo_fixed" in formats:
+                    path = os.path.join(fixed, "model.stablehlo")
+                    os.makedirs(fixed, exist_ok=True)
+                    stablehlo.save(fn, path, image_size=size, batch_size=batch)
+                if "saved_model_fixed" in formats:
+                    apply_fn = inference.make_apply_fn(model)
+                    path = os.path.join(fixed, "saved_model")
+                    saved_model.save(apply_fn, variables, path, image_size=size, batch_size=batch)
+                print(f"export (fixed batch {batch}): {time.perf_counter() - start:.1f} s")
             if "onnx" in formats:
                 start = time.perf_counter()
                 onnx.save(fn, onnx_path, image_size=size, batch_size=batch)
@@ -127,6 +145,8 @@ def main(argv):
                     seconds = run_detector(model, variables, images, size)
                 elif name == "onnx":
                     seconds = run_onnx(onnx_path, images)
+                elif name.endswith("_fixed"):
+                    seconds = RUNS[name[: -len("_fixed")]](fixed, images)
                 else:
                     seconds = RUNS[name](directory, images)
                 results[name][batch] = batch / seconds
