@@ -144,3 +144,71 @@ def test_export_benchmark_prints_a_row_per_format(tmp_path):
     assert "markdown: | format | batch 2 |" in proc.stdout, proc.stdout
     for name in ("detector", "stablehlo", "saved_model"):
         assert f"markdown: | {name} | " in proc.stdout, proc.stdout
+
+
+def test_step_profile_attributes_the_train_step(tmp_path):
+    # Every part of the step shows up in its own category: the attribution reads each
+    # executed instruction's JAX name and Python stack from the compiled module.
+    config = tmp_path / "tiny_bench_config.py"
+    config.write_text(TINY_CONFIG)
+    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
+    command = [
+        sys.executable, os.path.join(REPO_ROOT, "benchmarks", "step_profile.py"),
+        f"--config={config}", "--batch_size=2", "--image_size=64", "--steps=1", "--warmup=1",
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ms = {}
+    for line in proc.stdout.splitlines():
+        cells = [c.strip() for c in line.removeprefix("markdown:").strip().strip("|").split("|")]
+        if line.startswith("markdown: |") and len(cells) == 3 and cells[1][:1].isdigit():
+            ms[cells[0]] = float(cells[1])
+    for category in (
+        "conv forward", "conv input gradient", "conv kernel gradient", "RoI ops forward",
+        "RoI ops backward", "NMS and proposals", "targets, sampling, anchors",
+        "optimizer update", "matmul forward (dense layers)", "matmul backward (dense layers)",
+    ):  # fmt: skip
+        assert ms[category] > 0, (category, proc.stdout)
+    step = ms["step (median wall time)"]
+    categories = sum(v for k, v in ms.items() if not k.startswith(("step", "no instruction")))
+    assert ms["unattributed (made by XLA)"] < 0.1 * step, proc.stdout
+    # Each moment of the step goes to at most one category (shared when ops overlap).
+    assert 0.2 * step < categories <= 1.05 * step, proc.stdout
+
+
+def test_profile_wall_attribution_shares_overlaps_and_counts_loops_last():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    from profile_lib import Event, wall_attribution
+
+    events = [
+        Event("while.1", 0, 100),  # a loop whose body ran two instructions
+        Event("dot.2", 10, 30),
+        Event("add.3", 40, 60),
+        Event("conv.4", 20, 70),  # asynchronous, overlaps the dot and the add
+        Event("fusion.5", 120, 125),  # after a gap with nothing running
+    ]
+    got, covered = wall_attribution(events, lambda name: name.startswith("while"))
+    # 0-10 loop; 10-20 dot; 20-30 dot+conv; 30-40 conv; 40-60 add+conv; 60-70 conv;
+    # 70-100 loop; 100-120 nothing; 120-125 fusion.
+    assert got == {"while.1": 40, "dot.2": 15, "conv.4": 35, "add.3": 10, "fusion.5": 5}
+    assert covered == 105
+
+
+def test_profile_categories_read_the_backward_pass_from_the_hlo():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import jax
+    import jax.numpy as jnp
+    from profile_lib import Program, categorize, parse_instructions, representative
+
+    def f(x, w):
+        return jnp.sum(jnp.tanh(x @ w))
+
+    args = (jnp.ones((16, 32)), jnp.ones((32, 8)))
+    text = jax.jit(jax.grad(f, argnums=1)).lower(*args).compile().as_text()
+    instructions = parse_instructions(text)
+    program = Program.from_instructions(instructions)
+    dots = [i for i in instructions.values() if i.opcode == "dot"]
+    assert dots and all(i.frames and i.frames[0][0] == __file__ for i in dots), dots
+    categories = {categorize(*representative(i, program)) for i in dots}
+    # x @ w forward, and its transpose (the gradient w.r.t. w).
+    assert categories == {"matmul forward (dense layers)", "matmul backward (dense layers)"}

@@ -108,10 +108,11 @@ def test_image_keys_are_global_indices():
     "overrides",
     [
         {"model.dtype": "bfloat16"},
-        # The FPN path: pyramid anchors, multilevel RoIAlign, frozen batch norm.
+        # The FPN path: pyramid anchors, multilevel RoIAlign, frozen batch norm (ResNet-50's
+        # bottleneck blocks and frozen stages at a sixteenth of the width: compiles 4x faster).
         {
             "model.backbone": "resnet50_fpn",
-            "model.backbone_options": {},
+            "model.backbone_options": {"width": 4, "channels": 16},
             "model.anchors.sizes": (32.0, 64.0, 128.0, 256.0, 512.0),
             "model.rpn.channels": 16,
             "model.roi.op": "align",
