@@ -279,6 +279,20 @@ def wall_attribution(events: list[Event], is_loop) -> tuple[dict[str, float], fl
     return dict(attributed), covered
 
 
+def module_scope(op_name: str) -> str:
+    """The Flax module path in a JAX operation name: ``jit(train_step)/transpose(jvp(FasterRCNN))
+    /body/fpn/layer_p2/conv_general_dilated`` -> ``body/fpn/layer_p2``."""
+    kept, previous = [], ""
+    for part in op_name.split("/")[1:-1]:
+        loop_body = part == "body" and previous == "while"
+        previous = part
+        if loop_body or "(" in part or "->" in part or part in ("while", "cond"):
+            continue
+        if not part.startswith(("branch_", "closed_call")):
+            kept.append(part)
+    return "/".join(kept)
+
+
 @dataclasses.dataclass
 class Profile:
     by_category: dict[str, float]  # ms per step
@@ -300,7 +314,7 @@ def summarize(events: list[Event], instructions: dict[str, Instruction], *, step
         by_category[category] += ms
         project = [fr for fr in rep.frames if fr[0].startswith(_PROJECT)] or list(rep.frames)
         where = f"{project[0][0].rsplit('/', 2)[-1]}:{project[0][2]}" if project else ""
-        rows.append((name, category, ms, where))
+        rows.append((name, category, ms, f"{where} {module_scope(rep.op_name)}".strip()))
     return Profile(by_category, rows, covered / 1e6 / steps)
 
 
