@@ -27,20 +27,26 @@ def get_config():
 """
 
 
-@pytest.mark.parametrize("script", ["train_bench.py", "infer_bench.py"])
-def test_benchmark_prints_its_figures(script, tmp_path):
+def run_benchmark(tmp_path, script: str, *flags: str, timeout: float = 300) -> str:
+    """``benchmarks/SCRIPT --config=<the tiny config> FLAGS`` on CPU in a subprocess; its stdout."""
     config = tmp_path / "tiny_bench_config.py"
     config.write_text(TINY_CONFIG)
     # Compilation dominates at this size; skip XLA's optimisation passes.
     env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-    command = [
-        sys.executable, os.path.join(REPO_ROOT, "benchmarks", script), f"--config={config}",
-        "--batch_size=2", "--image_size=64", "--steps=2", "--warmup=1", "--matmul_size=256",
-        "--torch",
-    ]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    command = [sys.executable, os.path.join(REPO_ROOT, "benchmarks", script), f"--config={config}"]
+    proc = subprocess.run(
+        [*command, *flags], capture_output=True, text=True, env=env, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    return proc.stdout
+
+
+@pytest.mark.parametrize("script", ["train_bench.py", "infer_bench.py"])
+def test_benchmark_prints_its_figures(script, tmp_path):
+    out = run_benchmark(
+        tmp_path, script, "--batch_size=2", "--image_size=64", "--steps=2", "--warmup=1",
+        "--matmul_size=256", "--torch",
+    )  # fmt: skip
     for field in (
         "benchmark: backbone=small dtype=float32 batch=2 image=64x64",
         "device: cpu",
@@ -131,35 +137,23 @@ def test_no_long_loops_on_accelerators():
 
 def test_export_benchmark_prints_a_row_per_format(tmp_path):
     # ONNX's row is left out: its conversion (tested in test_export.py) would double the time.
-    config = tmp_path / "tiny_bench_config.py"
-    config.write_text(TINY_CONFIG)
-    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-    command = [
-        sys.executable, os.path.join(REPO_ROOT, "benchmarks", "export_bench.py"),
-        f"--config={config}", "--batch_sizes=2", "--steps=1", "--warmup=0",
-        "--formats=detector,stablehlo,saved_model",
-    ]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "markdown: | format | batch 2 |" in proc.stdout, proc.stdout
+    out = run_benchmark(
+        tmp_path, "export_bench.py", "--batch_sizes=2", "--steps=1", "--warmup=0",
+        "--formats=detector,stablehlo,saved_model", timeout=600,
+    )  # fmt: skip
+    assert "markdown: | format | batch 2 |" in out, out
     for name in ("detector", "stablehlo", "saved_model"):
-        assert f"markdown: | {name} | " in proc.stdout, proc.stdout
+        assert f"markdown: | {name} | " in out, out
 
 
 def test_step_profile_attributes_the_train_step(tmp_path):
     # Every part of the step shows up in its own category: the attribution reads each
     # executed instruction's JAX name and Python stack from the compiled module.
-    config = tmp_path / "tiny_bench_config.py"
-    config.write_text(TINY_CONFIG)
-    env = {**os.environ, "JAX_DISABLE_MOST_OPTIMIZATIONS": "1", "JAX_PLATFORMS": "cpu"}
-    command = [
-        sys.executable, os.path.join(REPO_ROOT, "benchmarks", "step_profile.py"),
-        f"--config={config}", "--batch_size=2", "--image_size=64", "--steps=1", "--warmup=1",
-    ]  # fmt: skip
-    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = run_benchmark(
+        tmp_path, "step_profile.py", "--batch_size=2", "--image_size=64", "--steps=1", "--warmup=1"
+    )
     ms = {}
-    for line in proc.stdout.splitlines():
+    for line in out.splitlines():
         cells = [c.strip() for c in line.removeprefix("markdown:").strip().strip("|").split("|")]
         if line.startswith("markdown: |") and len(cells) == 3 and cells[1][:1].isdigit():
             ms[cells[0]] = float(cells[1])
@@ -168,12 +162,12 @@ def test_step_profile_attributes_the_train_step(tmp_path):
         "RoI ops backward", "NMS and proposals", "targets, sampling, anchors",
         "optimizer update", "matmul forward (dense layers)", "matmul backward (dense layers)",
     ):  # fmt: skip
-        assert ms[category] > 0, (category, proc.stdout)
+        assert ms[category] > 0, (category, out)
     step = ms["step (median wall time)"]
     categories = sum(v for k, v in ms.items() if not k.startswith(("step", "no instruction")))
-    assert ms["unattributed (made by XLA)"] < 0.1 * step, proc.stdout
+    assert ms["unattributed (made by XLA)"] < 0.1 * step, out
     # Each moment of the step goes to at most one category (shared when ops overlap).
-    assert 0.2 * step < categories <= 1.05 * step, proc.stdout
+    assert 0.2 * step < categories <= 1.05 * step, out
 
 
 def test_profile_wall_attribution_shares_overlaps_and_counts_loops_last():
