@@ -14,9 +14,10 @@ What it is, and why (each line a config field below):
   needed. Sized for a CPU: half the ResNet's width (width 32: channels 32..256) and an FPN
   of 64 channels, 8.7 GFLOP per training image at 320x384 against 59 for the full-width
   ResNet-18 with a 256-channel FPN (most of which is the FPN and RPN convs at stride 4).
-- inputs resized to a shorter side of 320 (longer side at most 448, so batches pad to
-  320 x 448 or 448 x 320) and FPN anchors of 16..256 px, one size per level P2..P6, so that
-  objects of 10-250 px find an anchor.
+- inputs resized to a shorter side of 256 (longer side at most 352, so batches pad to
+  256 x 352 or 352 x 256) and FPN anchors of 16..256 px, one size per level P2..P6, so that
+  objects of 10-250 px find an anchor. 256 px trains 1.6x faster than 320 px for 0.02 less
+  mAP at equal epochs: on a CPU the epochs are worth more (benchmarks/RESULTS.md).
 - the FPN recipe of torchvision / detectron2: anchors crossing the image border are trained
   (rpn.border_rule="train_crossing"), no minimum proposal size, RoIAlign, L1 box loss
   (detectron2), weight decay 1e-4, class NMS 0.5 at test time.
@@ -24,10 +25,11 @@ What it is, and why (each line a config field below):
   number of training images and batch_size, logged at start.
 
 Measured on the harder shapes benchmark (benchmarks/make_hard_dataset.py, 600 trainval / 200
-test images nobody tuned on, seed 2; benchmarks/RESULTS.md): 5.5 epochs took 22.5 minutes on
-2 CPU cores and reached VOC07 mAP 0.36 (COCO AP 0.22); 8 epochs reached 0.45 on a tuning copy
-(seed 1). Far below what a GPU schedule reaches: from scratch, this recipe is limited by the
-epochs a CPU affords, and the RoI classifier is what lags (its loss stalls near 0.45).
+test images nobody tuned on, seed 2; benchmarks/RESULTS.md): these defaults (8 epochs at
+256 px) took 15 minutes on 2 CPU cores and reached VOC07 mAP 0.44 (COCO AP 0.30), where the
+previous ones (5.5 epochs at 320 px) took 22.5 minutes for 0.36. Far below what a GPU
+schedule reaches: from scratch, this recipe is limited by the epochs a CPU affords, and the
+RoI classifier is what lags (its loss ends near 0.42).
 
 On a GPU: raise the input size (--config.data.min_size=600 --config.data.max_size=1000), the
 batch (--config.batch_size=16; the learning rate follows linearly), the widths
@@ -48,11 +50,11 @@ def get_config():
     config.learning_rate = 0.02
     config.reference_batch_size = 8
     config.weight_decay = 1e-4
-    # Sized for 20 minutes on 2 CPU cores with ~500 training images: 2.5 images/s measured at
-    # 320 px plus ~2.5 minutes of startup, compilation and evaluation. Raise it when you can
+    # Sized for 20 minutes on 2 CPU cores with ~500 training images: 4.7-5.7 images/s measured
+    # at 256 px plus ~2 minutes of startup, compilation and evaluation. Raise it when you can
     # wait longer: more epochs keep paying from scratch (see the module docstring).
-    config.num_epochs = 5.0
-    config.lr_decay_epochs = (4.0,)
+    config.num_epochs = 8.0
+    config.lr_decay_epochs = (6.5,)
     config.warmup_epochs = 0.5
     config.log_every_steps = 20
     config.checkpoint_every_steps = 500
@@ -79,8 +81,8 @@ def get_config():
     config.data.name = "voc_dir"
     config.data.train_split = "trainval"
     config.data.eval_split = "test"
-    config.data.min_size = 320
-    config.data.max_size = 448
+    config.data.min_size = 256
+    config.data.max_size = 352
     config.data.max_boxes = 32
     config.data.shuffle_buffer = 512
     return config
