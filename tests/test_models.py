@@ -1,5 +1,7 @@
 """Backbones, heads and the detector's shapes, normalisation and frozen layers."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -220,3 +222,24 @@ def test_narrow_resnet18_fpn_for_cpus():
     x = jax.random.normal(jax.random.key(1), (1, 64, 64, 3))
     out = module.apply(module.init(jax.random.key(0), x), x)
     assert [o.shape[-1] for o in out] == [64] * 5 and all(bool(jnp.isfinite(o).all()) for o in out)
+
+
+def test_roi_canonical_size_chooses_the_fpn_level_each_roi_pools_from():
+    """roi.canonical_size / canonical_level reach the FPN pooling (FPN paper, eq. 1)."""
+    # Level l holds the constant l everywhere, so a pooled value names the level it came from.
+    features = [jnp.full((1, 64 // 2**l, 64 // 2**l, 1), float(l)) for l in range(2, 7)]
+    # 48 x 48 px: P2 with the default 224 (under 112); with 48 at P4 it is exactly P4.
+    rois = jnp.array([[[4.0, 4.0, 52.0, 52.0], [8.0, 8.0, 20.0, 20.0]]])
+
+    def pooled_levels(**roi):
+        model = FasterRCNN(
+            num_classes=2, backbone="resnet18_fpn", roi_options=RoIOptions(op="align", **roi)
+        )
+        pooled = model.apply({}, features, rois, method=model._pool)  # [1, R, 7, 7, 1]
+        return np.asarray(pooled[0, :, 3, 3, 0])
+
+    close = functools.partial(np.testing.assert_allclose, atol=1e-5)  # bilinear weights
+    close(pooled_levels(), [2.0, 2.0])
+    # s0 = 48 at k0 = 4: 48 px -> P4; 12 px -> floor(4 + log2(12 / 48)) = 2.
+    close(pooled_levels(canonical_size=48.0), [4.0, 2.0])
+    close(pooled_levels(canonical_size=48.0, canonical_level=5), [5.0, 3.0])

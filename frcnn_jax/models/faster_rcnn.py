@@ -129,7 +129,12 @@ class FasterRCNN(nn.Module):
         rois = jax.lax.stop_gradient(rois)
         p, op = self.roi_options.output_size, self.roi_options.op
         if self.is_fpn:
-            fn = functools.partial(roi_ops.multilevel_roi_align, output_size=p)
+            fn = functools.partial(
+                roi_ops.multilevel_roi_align,
+                output_size=p,
+                canonical_size=self.roi_options.canonical_size,
+                canonical_level=self.roi_options.canonical_level,
+            )
             return _per_image(fn, features[:4], rois)
         scale = 1.0 / self._strides()[0]
         if op == "pool":

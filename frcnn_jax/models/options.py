@@ -65,6 +65,12 @@ class RoIOptions:
     # Box regression loss: smooth L1 with this beta (losses.smooth_l1_beta). 1.0: the seed
     # (sigma 1); 1/9: torchvision's fastrcnn_loss; 0.0: detectron2's L1.
     box_loss_beta: float = 1.0
+    # FPN backbones: the level each roi pools from, floor(k0 + log2(sqrt(h * w) / s0)) (FPN
+    # paper, eq. 1) with s0 = canonical_size input pixels and k0 = canonical_level: 224 and 4
+    # (torchvision, detectron2) are ImageNet's object scale in 800-1333 px inputs, so a
+    # 224 x 224 roi pools from P4 and everything under 112 px from P2.
+    canonical_size: float = 224.0
+    canonical_level: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
