@@ -53,11 +53,13 @@ def test_unknown_fields_name_the_closest_known_one(section, name, closest):
         ("backbone", "vgg19", "model.backbone='vgg19'; choose one of"),
         ("dtype", "float16", "model.dtype='float16'"),
         ("image_normalization", "imagenet", "model.image_normalization='imagenet'"),
+        ("roi.norm", "batch_norm", "model.roi.norm='batch_norm'; choose '' or 'group_norm'"),
     ],
 )
 def test_bad_values_are_named(field, value, message):
     config = default.get_config().model
-    config[field] = value
+    *section, name = field.split(".")
+    (config[section[0]] if section else config)[name] = value
     with pytest.raises(ValueError, match=message):
         build_model(config, num_classes=3)
 

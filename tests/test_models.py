@@ -243,3 +243,48 @@ def test_roi_canonical_size_chooses_the_fpn_level_each_roi_pools_from():
     # s0 = 48 at k0 = 4: 48 px -> P4; 12 px -> floor(4 + log2(12 / 48)) = 2.
     close(pooled_levels(canonical_size=48.0), [4.0, 2.0])
     close(pooled_levels(canonical_size=48.0, canonical_level=5), [5.0, 3.0])
+
+
+def test_conv_roi_head_against_a_written_out_reference():
+    """roi.conv_channels: 3x3 convs (+ GroupNorm) on each pooled roi, then the fc layers."""
+    from jax import lax
+
+    rois = jax.random.normal(jax.random.key(0), (2, 3, 5, 5, 4))  # [B, S, p, p, C]
+    head = RoIHead(num_classes=3, hidden=(16,), conv_channels=(8, 6), norm="group_norm")
+    variables = head.init(jax.random.key(1), rois)
+    params = variables["params"]
+    assert params["conv1"]["kernel"].shape == (3, 3, 4, 8) and "bias" not in params["conv1"]
+    assert params["conv2_norm"]["scale"].shape == (6,)
+    assert params["fc6"]["kernel"].shape == (5 * 5 * 6, 16)  # the convs keep p x p
+    # Non-trivial norm parameters, so that a missing or misplaced affine map shows.
+    params = jax.tree.map(lambda v: v + 0.1 * jax.random.normal(jax.random.key(2), v.shape), params)
+    cls, box = head.apply({"params": params}, rois)
+
+    def reference(x):  # one roi [p, p, C]
+        for name, groups in (("conv1", 4), ("conv2", 3)):  # 2 channels per group below 64
+            x = lax.conv_general_dilated(
+                x[None],
+                params[name]["kernel"],
+                (1, 1),
+                ((1, 1), (1, 1)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )[0]
+            g = x.reshape(*x.shape[:2], groups, -1)
+            mean, var = g.mean(axis=(0, 1, 3)), g.var(axis=(0, 1, 3))
+            g = (g - mean[:, None]) / jnp.sqrt(var[:, None] + 1e-5)
+            norm = params[f"{name}_norm"]
+            x = jax.nn.relu(g.reshape(x.shape) * norm["scale"] + norm["bias"])
+        x = jax.nn.relu(x.reshape(-1) @ params["fc6"]["kernel"] + params["fc6"]["bias"])
+        logits = x @ params["cls_score"]["kernel"] + params["cls_score"]["bias"]
+        deltas = x @ params["bbox_pred"]["kernel"] + params["bbox_pred"]["bias"]
+        return logits, deltas.reshape(3, 4)
+
+    for b in range(2):
+        for s in range(3):
+            logits, deltas = reference(rois[b, s])
+            np.testing.assert_allclose(cls[b, s], logits, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(box[b, s], deltas, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="model.roi.norm"):
+        RoIHead(num_classes=3, hidden=(16,), conv_channels=(8,), norm="batch_norm").init(
+            jax.random.key(1), rois
+        )

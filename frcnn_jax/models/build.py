@@ -24,7 +24,7 @@ from frcnn_jax import anchors as anchors_lib
 from frcnn_jax.models import backbones
 from frcnn_jax.models.faster_rcnn import FasterRCNN
 from frcnn_jax.models.inputs import NORMALIZATIONS
-from frcnn_jax.models.options import SECTIONS, RPNOptions, field_names
+from frcnn_jax.models.options import SECTIONS, RoIOptions, RPNOptions, field_names
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Top-level fields of config.model that are not option groups.
@@ -75,6 +75,9 @@ def check_model_config(model_config: ml_collections.ConfigDict) -> None:
     units = rpn.get("min_size_units", RPNOptions.min_size_units)
     if units not in ("original", "resized"):
         raise ValueError(f"model.rpn.min_size_units={units!r}; choose 'original' or 'resized'")
+    roi_norm = model_config.get("roi", {}).get("norm", RoIOptions.norm)
+    if roi_norm not in ("", "group_norm"):
+        raise ValueError(f"model.roi.norm={roi_norm!r}; choose '' or 'group_norm'")
     if model_config.dtype not in DTYPES:
         raise ValueError(f"model.dtype={model_config.dtype!r}; choose one of {sorted(DTYPES)}")
     if model_config.image_normalization not in NORMALIZATIONS:

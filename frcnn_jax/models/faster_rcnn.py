@@ -73,7 +73,11 @@ class FasterRCNN(nn.Module):
             self.anchors_per_position, channels=self.rpn_options.channels, dtype=self.dtype
         )
         self.head = RoIHead(
-            self.num_classes + 1, hidden=tuple(self.roi_options.hidden), dtype=self.dtype
+            self.num_classes + 1,
+            hidden=tuple(self.roi_options.hidden),
+            conv_channels=tuple(self.roi_options.conv_channels),
+            norm=self.roi_options.norm or None,
+            dtype=self.dtype,
         )
 
     def _make_body(self, **kwargs) -> nn.Module:

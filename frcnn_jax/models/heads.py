@@ -14,6 +14,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from frcnn_jax.models.conv import Conv
+from frcnn_jax.models.resnet import GN_GROUPS
+
+# detectron2's c2_msra_fill for the head convs (kaiming normal, fan_out, ReLU gain).
+_KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 Dtype = Any
 
@@ -57,21 +61,51 @@ class RPNHead(nn.Module):
 
 
 class RoIHead(nn.Module):
-    """Flatten pooled rois -> fc layers (ReLU) -> class logits and per-class box deltas.
+    """Pooled rois -> [3x3 convs] -> flatten -> fc layers (ReLU) -> class logits and
+    per-class box deltas.
 
     With ``hidden=(4096, 4096)`` the fc layers are VGG16's fc6/fc7 (so ImageNet
     weights can initialise them); ResNet-FPN uses torchvision's TwoMLPHead
-    ``(1024, 1024)``.
+    ``(1024, 1024)``. ``conv_channels`` puts 3x3 convolutions (ReLU, optionally
+    GroupNorm-ed) on the ``p x p`` pooled features first: detectron2's
+    FastRCNNConvFCHead ("4conv1fc": four 256-channel convs with GN, then one fc of
+    1024), whose convs see the roi's layout where an fc on flattened features must
+    learn every position and rotation of a shape on its own.
     """
 
     num_classes: int  # K, including background
     hidden: Sequence[int] = (4096, 4096)
+    conv_channels: Sequence[int] = ()
+    norm: str | None = None  # None or "group_norm" (after each conv, before its ReLU)
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, roi_features: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
         """``[..., S, p, p, C]`` -> logits ``[..., S, K]``, deltas ``[..., S, K, 4]`` (float32)."""
-        x = roi_features.reshape(*roi_features.shape[:-3], -1)
+        if self.norm not in (None, "group_norm"):
+            raise ValueError(f"model.roi.norm={self.norm!r}; choose '' or 'group_norm'")
+        x = roi_features
+        if self.conv_channels:
+            lead, cell = x.shape[:-3], x.shape[-3:]
+            x = x.reshape(-1, *cell)  # [N, p, p, C]
+            for i, channels in enumerate(self.conv_channels):
+                x = Conv(
+                    channels,
+                    (3, 3),
+                    padding=((1, 1), (1, 1)),
+                    use_bias=self.norm is None,
+                    kernel_init=_KAIMING_FAN_OUT,
+                    dtype=self.dtype,
+                    name=f"conv{i + 1}",
+                )(x)
+                if self.norm == "group_norm":
+                    groups = min(GN_GROUPS, max(channels // 2, 1))
+                    x = nn.GroupNorm(
+                        num_groups=groups, epsilon=1e-5, dtype=self.dtype, name=f"conv{i + 1}_norm"
+                    )(x)
+                x = nn.relu(x)
+            x = x.reshape(*lead, *x.shape[1:])
+        x = x.reshape(*x.shape[:-3], -1)
         for i, width in enumerate(self.hidden):
             x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{6 + i}")(x))
         # The seed's init: normal std 0.01 for classification, 0.001 for box regression.

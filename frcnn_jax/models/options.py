@@ -57,6 +57,10 @@ class RoIOptions:
     op: str = "pool"  # "pool" (the seed's RoIPool) or "align"; FPN backbones always align
     output_size: int = 7
     hidden: tuple[int, ...] = (4096, 4096)
+    # 3x3 convolutions on the pooled rois before the fc layers (models.heads.RoIHead), and
+    # their norm: "" or "group_norm". detectron2's GN head: (256,) * 4, hidden (1024,).
+    conv_channels: tuple[int, ...] = ()
+    norm: str = ""
     num_samples: int = 128
     positive_fraction: float = 0.25
     positive_iou: float = 0.5
