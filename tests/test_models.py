@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -288,3 +289,65 @@ def test_conv_roi_head_against_a_written_out_reference():
         RoIHead(num_classes=3, hidden=(16,), conv_channels=(8,), norm="batch_norm").init(
             jax.random.key(1), rois
         )
+
+
+def test_masked_group_norm_against_group_norm_of_each_image_alone():
+    from frcnn_jax.models.resnet import MaskedGroupNorm, padding_mask
+
+    x = jax.random.normal(jax.random.key(0), (2, 8, 12, 8)) * 3.0 + 1.0
+    layer = MaskedGroupNorm(num_groups=4)
+    params = {"scale": jnp.linspace(0.5, 1.5, 8), "bias": jnp.linspace(-1.0, 1.0, 8)}
+    plain = nn.GroupNorm(num_groups=4, epsilon=1e-5)
+    # No mask: flax's GroupNorm, same parameter names.
+    assert jax.tree.structure(plain.init(jax.random.key(0), x)) == jax.tree.structure(
+        layer.init(jax.random.key(0), x)
+    )
+    np.testing.assert_allclose(
+        layer.apply({"params": params}, x), plain.apply({"params": params}, x), atol=1e-5
+    )
+    # Images of 5 x 7 and 8 x 12 input pixels on an 8 x 12 canvas, stride 1: statistics of
+    # the image's own cells (GroupNorm of the crop), zeros in the padding.
+    sizes = jnp.array([[5, 7], [8, 12]])
+    mask = padding_mask((sizes, (8, 12)), x)
+    assert mask.shape == (2, 8, 12, 1) and float(mask[0].sum()) == 35 and float(mask[1].sum()) == 96
+    y = layer.apply({"params": params}, x, mask)
+    crop = plain.apply({"params": params}, x[:1, :5, :7])
+    np.testing.assert_allclose(y[0, :5, :7], crop[0], atol=1e-5)
+    assert float(jnp.abs(y[0, 5:]).max()) == 0.0 and float(jnp.abs(y[0, :, 7:]).max()) == 0.0
+    np.testing.assert_allclose(y[1], plain.apply({"params": params}, x[1:])[0], atol=1e-5)
+
+
+def test_padding_mask_cells_at_each_stride():
+    from frcnn_jax.models.resnet import padding_mask
+
+    # A 50 x 33 image on a 64 x 64 canvas: stride 4 (16 x 16) sees ceil(50/4) = 13 rows and
+    # ceil(33/4) = 9 columns; stride 32 (2 x 2): 2 rows, 2 columns; stride 64 (1 x 1): all.
+    sizes = jnp.array([[50, 33]])
+    for cells, rows, cols in ((16, 13, 9), (2, 2, 2), (1, 1, 1)):
+        mask = padding_mask((sizes, (64, 64)), jnp.zeros((1, cells, cells, 3)))[0, ..., 0]
+        expected = np.zeros((cells, cells))
+        expected[:rows, :cols] = 1
+        np.testing.assert_array_equal(mask, expected)
+
+
+@pytest.mark.parametrize("block,stages", [("basic", (1, 1, 1, 1)), ("bottleneck", (1, 1, 1, 1))])
+def test_group_norm_resnet_fpn_features_do_not_depend_on_the_padding(block, stages):
+    """The same image padded to two canvases: the same P2..P6 on the cells that see it."""
+    from frcnn_jax.models.resnet import ResNetFPN
+
+    module = ResNetFPN(stage_sizes=stages, block=block, norm="group_norm", width=8, channels=16)
+    image = jax.random.normal(jax.random.key(0), (1, 40, 56, 3))
+    small = jnp.pad(image, ((0, 0), (0, 24), (0, 8), (0, 0)))  # 64 x 64
+    large = jnp.pad(image, ((0, 0), (0, 88), (0, 72), (0, 0)))  # 128 x 128
+    variables = module.init(jax.random.key(1), small)
+    sizes = jnp.array([[40, 56]])
+    a = module.apply(variables, small, sizes)
+    b = module.apply(variables, large, sizes)
+    unmasked = module.apply(variables, small)
+    for level, (fa, fb, fu) in enumerate(zip(a, b, unmasked)):
+        stride = 4 * 2**level
+        rows, cols = -(-40 // stride), -(-56 // stride)
+        np.testing.assert_allclose(fa[:, :rows, :cols], fb[:, :rows, :cols], atol=2e-4)
+        assert float(jnp.abs(fb[:, rows:]).max()) == 0.0  # the padding stays zero
+        if level < 3:  # without the mask the padding shifts the statistics
+            assert float(jnp.abs(fa[:, :rows, :cols] - fu[:, :rows, :cols]).max()) > 1e-2

@@ -2,9 +2,10 @@
 
 Shape shorthand: B batch, H, W image height and width, C channels.
 
-Every backbone maps normalised images ``[B, H, W, 3]`` to a list of feature
-maps ``[B, H / s, W / s, C]``, finest first, and has a class attribute
-``strides`` giving ``s`` for each. Parameter names follow torchvision's
+Every backbone maps normalised images ``[B, H, W, 3]`` (and optionally the unpadded
+``image_sizes`` ``[B, 2]``, which GroupNorm-ed ResNets use to keep the padding out of their
+statistics) to a list of feature maps ``[B, H / s, W / s, C]``, finest first, and has a
+class attribute ``strides`` giving ``s`` for each. Parameter names follow torchvision's
 state_dict (``conv1_1`` for ``features.0``, ``layer2_0/conv1`` for
 ``layer2.0.conv1``) so that ``frcnn_jax.convert_weights`` can map ImageNet
 weights one to one.
@@ -65,7 +66,8 @@ class VGG16(nn.Module):
         return tuple(names[: self.num_frozen_convs])
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
+    def __call__(self, x: jnp.ndarray, image_sizes=None) -> list[jnp.ndarray]:
+        del image_sizes  # no normalisation layer: the padding changes nothing to correct
         count = 0
         for block, repeats, features in self._blocks:
             for i in range(repeats):
@@ -100,7 +102,8 @@ class SmallNet(nn.Module):
         return (2 ** len(self.widths),)
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
+    def __call__(self, x: jnp.ndarray, image_sizes=None) -> list[jnp.ndarray]:
+        del image_sizes  # no normalisation layer: the padding changes nothing to correct
         if not 2 <= len(self.widths) <= 5:
             raise ValueError(f"SmallNet needs 2..5 widths (strides 4..32), got {self.widths}")
         # He initialisation: trained from scratch, with ReLUs and no normalisation,

@@ -124,7 +124,7 @@ class FasterRCNN(nn.Module):
         x = normalize_images(
             images, image_sizes, normalization=self.image_normalization, dtype=self.dtype
         )
-        features = self.body(x)
+        features = self.body(x, image_sizes)
         rpn_logits, rpn_deltas = self.rpn(features)
         return features, rpn_logits, rpn_deltas
 

@@ -7,7 +7,9 @@ Parameter names follow torchvision's state_dict (``layer2_0/conv1`` for ``layer2
 weights one to one. Normalisation (``norm``): frozen batch norm for ImageNet weights (scale,
 bias, mean and variance in the non-trainable ``"frozen"`` collection: a fixed affine map,
 whatever the batch size), or trainable GroupNorm for training from scratch (He et al. 2019,
-"Rethinking ImageNet Pre-training"). Which layers are frozen follows ``freeze_at``
+"Rethinking ImageNet Pre-training"), whose statistics cover only the cells that see the image
+when the backbone is given ``image_sizes`` (``MaskedGroupNorm``: the zero padding of a batch
+changes nothing). Which layers are frozen follows ``freeze_at``
 (detectron2's FREEZE_AT); the gradient is stopped there and ``frozen_prefixes`` names the
 parameters the optimizer must leave alone.
 """
@@ -37,7 +39,8 @@ class FrozenBatchNorm(nn.Module):
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        del mask  # a per-cell affine map: the padding does not change the image's cells
         c = x.shape[-1]
         scale = self.variable("frozen", "scale", jnp.ones, (c,), jnp.float32).value
         bias = self.variable("frozen", "bias", jnp.zeros, (c,), jnp.float32).value
@@ -52,14 +55,74 @@ NORMS = ("frozen_bn", "group_norm")
 GN_GROUPS = 32
 
 
+def padding_mask(valid, x: jnp.ndarray) -> jnp.ndarray | None:
+    """float32 ``[B, h, w, 1]``: 1 on the cells of feature map ``x`` that see the image.
+
+    ``valid``: None (no mask) or (image_sizes int ``[B, 2]``, (H, W) of the padded input).
+    A map of h rows over an input of H rows has stride H / h, and its first
+    ``ceil(image height * h / H)`` rows see the image (``ceil(height / stride)`` for the
+    multiple-of-32 buckets), and likewise for columns.
+    """
+    if valid is None:
+        return None
+    image_sizes, (height, width) = valid
+    h, w = x.shape[1:3]
+    sizes = jnp.asarray(image_sizes, jnp.int32)
+    rows = -(-sizes[:, 0] * h // height)  # ceil, in integers
+    cols = -(-sizes[:, 1] * w // width)
+    inside = (jnp.arange(h)[None, :, None] < rows[:, None, None]) & (
+        jnp.arange(w)[None, None, :] < cols[:, None, None]
+    )
+    return inside[..., None].astype(jnp.float32)
+
+
+class MaskedGroupNorm(nn.Module):
+    """GroupNorm (Wu & He 2018) whose statistics cover only the cells under ``mask``.
+
+    Without a mask it is ``flax.linen.GroupNorm`` (same parameters "scale" and "bias", same
+    result). With ``mask`` ``[B, H, W, 1]`` (``padding_mask``) each image's group mean and
+    variance are those of its own pixels, not of the batch's zero padding, and the output is
+    zero in the padding, so that the next layers see the padding as zeros again: an image
+    gives the same features in any padded canvas (a fixed-size export, another bucket).
+    """
+
+    num_groups: int
+    epsilon: float = BN_EPSILON
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+        c = x.shape[-1]
+        if c % self.num_groups:
+            raise ValueError(f"GroupNorm: {c} channels are not divisible by {self.num_groups}")
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        groups = x.astype(jnp.float32).reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
+        axes = (1, 2, 4)  # [B, H, W, G, C / G]: one mean and variance per image and group
+        if mask is None:
+            mean = groups.mean(axis=axes, keepdims=True)
+            var = jnp.square(groups - mean).mean(axis=axes, keepdims=True)
+        else:
+            weight = mask[..., None]  # [B, H, W, 1, 1]
+            count = jnp.maximum(weight.sum(axis=(1, 2), keepdims=True) * groups.shape[-1], 1.0)
+            mean = (groups * weight).sum(axis=axes, keepdims=True) / count
+            var = (jnp.square(groups - mean) * weight).sum(axis=axes, keepdims=True) / count
+        y = ((groups - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
+        y = y * scale + bias
+        if mask is not None:
+            y = y * mask
+        return y.astype(self.dtype)
+
+
 def _norm_layer(norm: str, dtype: Dtype, name: str, channels: int) -> nn.Module:
     """FrozenBatchNorm (ImageNet weights) or trainable GroupNorm (from scratch): 32 groups, or
-    2 channels per group below 64 channels (the narrow nets of ``width`` < 64)."""
+    2 channels per group below 64 channels (the narrow nets of ``width`` < 64). Either is
+    called as ``norm(x, mask)``; frozen batch norm, a per-cell affine map, ignores the mask."""
     if norm == "frozen_bn":
         return FrozenBatchNorm(dtype=dtype, name=name)
     if norm == "group_norm":
         groups = min(GN_GROUPS, max(channels // 2, 1))
-        return nn.GroupNorm(num_groups=groups, epsilon=BN_EPSILON, dtype=dtype, name=name)
+        return MaskedGroupNorm(num_groups=groups, epsilon=BN_EPSILON, dtype=dtype, name=name)
     raise ValueError(f"model.backbone_options norm={norm!r}; choose one of {NORMS}")
 
 
@@ -79,19 +142,23 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, valid=None) -> jnp.ndarray:
+        """``valid``: see ``padding_mask`` (None: GroupNorm over the whole canvas)."""
         conv = functools.partial(
             Conv, use_bias=False, kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
         )
-        norm = functools.partial(_norm_layer, self.norm, self.dtype)
+
+        def norm(name, channels, y):
+            return _norm_layer(self.norm, self.dtype, name, channels)(y, padding_mask(valid, y))
+
         out = self.features * 4
-        y = nn.relu(norm("bn1", self.features)(conv(self.features, (1, 1), name="conv1")(x)))
+        y = nn.relu(norm("bn1", self.features, conv(self.features, (1, 1), name="conv1")(x)))
         y = conv(self.features, (3, 3), strides=self.strides, padding=_pad(3), name="conv2")(y)
-        y = nn.relu(norm("bn2", self.features)(y))
-        y = norm("bn3", out)(conv(out, (1, 1), name="conv3")(y))
+        y = nn.relu(norm("bn2", self.features, y))
+        y = norm("bn3", out, conv(out, (1, 1), name="conv3")(y))
         if self.downsample:
             x = conv(out, (1, 1), strides=self.strides, name="downsample_conv")(x)
-            x = norm("downsample_bn", out)(x)
+            x = norm("downsample_bn", out, x)
         return nn.relu(x + y)
 
 
@@ -106,14 +173,19 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    def __call__(self, x: jnp.ndarray, valid=None) -> jnp.ndarray:
+        """``valid``: see ``padding_mask`` (None: GroupNorm over the whole canvas)."""
         conv = functools.partial(
             Conv, use_bias=False, padding=_pad(3), kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
         )
-        norm = functools.partial(_norm_layer, self.norm, self.dtype, channels=self.features)
+
+        def norm(name, y):
+            layer = _norm_layer(self.norm, self.dtype, name, channels=self.features)
+            return layer(y, padding_mask(valid, y))
+
         y = conv(self.features, (3, 3), strides=self.strides, name="conv1")(x)
-        y = nn.relu(norm("bn1")(y))
-        y = norm("bn2")(conv(self.features, (3, 3), name="conv2")(y))
+        y = nn.relu(norm("bn1", y))
+        y = norm("bn2", conv(self.features, (3, 3), name="conv2")(y))
         if self.downsample:
             x = Conv(
                 self.features,
@@ -124,7 +196,7 @@ class BasicBlock(nn.Module):
                 dtype=self.dtype,
                 name="downsample_conv",
             )(x)
-            x = norm("downsample_bn")(x)
+            x = norm("downsample_bn", x)
         return nn.relu(x + y)
 
 
@@ -175,7 +247,10 @@ class ResNet(nn.Module):
         return resnet_frozen_prefixes(self.frozen_at)
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
+    def __call__(self, x: jnp.ndarray, image_sizes=None) -> list[jnp.ndarray]:
+        """C2..C5 of ``x`` ``[B, H, W, 3]``; ``image_sizes`` int ``[B, 2]`` (the unpadded (h, w)
+        of each image): GroupNorm statistics over those pixels only (``MaskedGroupNorm``)."""
+        valid = None if image_sizes is None else (image_sizes, x.shape[1:3])
         if self.block not in BLOCKS:
             raise ValueError(f"ResNet block={self.block!r}; choose one of {sorted(BLOCKS)}")
         block_class = BLOCKS[self.block]
@@ -191,7 +266,10 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             name="conv1",
         )(x)
-        x = nn.relu(_norm_layer(self.norm, self.dtype, "bn1", self.width)(x))
+        x = nn.relu(
+            _norm_layer(self.norm, self.dtype, "bn1", self.width)(x, padding_mask(valid, x))
+        )
+        # Zero padding is max_pool's -inf padding here: the ReLU leaves nothing below 0.
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_pad(3))
         if freeze_at == 1:
             x = jax.lax.stop_gradient(x)
@@ -210,7 +288,7 @@ class ResNet(nn.Module):
                     norm=self.norm,
                     dtype=self.dtype,
                     name=f"layer{stage + 1}_{block}",
-                )(x)
+                )(x, valid)
                 in_features = features * block_class.expansion
             if stage + 2 == freeze_at:
                 x = jax.lax.stop_gradient(x)
@@ -245,17 +323,23 @@ class FPN(nn.Module):
             name=name,
         )
         if self.norm is None:
-            return conv
+            return lambda x, valid: conv(x)
         norm = _norm_layer(self.norm, self.dtype, f"{name}_norm", self.channels)
-        return lambda x: norm(conv(x))
+
+        def conv_norm(x, valid):
+            y = conv(x)
+            return norm(y, padding_mask(valid, y))
+
+        return conv_norm
 
     @nn.compact
-    def __call__(self, inputs: Sequence[jnp.ndarray]) -> list[jnp.ndarray]:
-        laterals = [self._conv(1, f"inner{i}")(c) for i, c in enumerate(inputs)]
+    def __call__(self, inputs: Sequence[jnp.ndarray], valid=None) -> list[jnp.ndarray]:
+        """P2..P6 of C2..C5; ``valid``: see ``padding_mask`` (for the GroupNorm-ed convs)."""
+        laterals = [self._conv(1, f"inner{i}")(c, valid) for i, c in enumerate(inputs)]
         merged = [laterals[-1]]
         for lateral in reversed(laterals[:-1]):
             merged.insert(0, lateral + _upsample_to(merged[0], lateral.shape[1], lateral.shape[2]))
-        outputs = [self._conv(3, f"layer{i}")(m) for i, m in enumerate(merged)]
+        outputs = [self._conv(3, f"layer{i}")(m, valid) for i, m in enumerate(merged)]
         outputs.append(outputs[-1][:, ::2, ::2])  # P6: torchvision's LastLevelMaxPool (kernel 1)
         return outputs
 
@@ -294,9 +378,11 @@ class ResNetFPN(nn.Module):
         return tuple(f"body/{p}" for p in self._resnet(parent=None).frozen_prefixes)
 
     @nn.compact
-    def __call__(self, x: jnp.ndarray) -> list[jnp.ndarray]:
+    def __call__(self, x: jnp.ndarray, image_sizes=None) -> list[jnp.ndarray]:
+        """P2..P6 of ``x`` ``[B, H, W, 3]``; ``image_sizes``: as ``ResNet``'s."""
         if self.norm not in NORMS:
             raise ValueError(f"model.backbone_options norm={self.norm!r}; choose one of {NORMS}")
-        body = self._resnet(name="body")(x)
+        body = self._resnet(name="body")(x, image_sizes)
         fpn_norm = None if self.norm == "frozen_bn" else self.norm
-        return FPN(self.channels, norm=fpn_norm, dtype=self.dtype, name="fpn")(body)
+        valid = None if image_sizes is None else (image_sizes, x.shape[1:3])
+        return FPN(self.channels, norm=fpn_norm, dtype=self.dtype, name="fpn")(body, valid)
