@@ -142,7 +142,7 @@ def test_step_variants_give_finite_losses(overrides):
 
 def test_scratch_group_norm_resnet18_fpn_step_trains_the_stem():
     """The CPU recipe of configs/custom.py (narrowed further): GroupNorm, nothing frozen,
-    crossing anchors trained, L1 box loss, the seed's 2x bias learning rate."""
+    crossing anchors trained, L1 box loss, AdamW, the seed's 2x bias learning rate."""
     config = tiny_config(
         **{
             "model.backbone": "resnet18_fpn",
@@ -152,6 +152,7 @@ def test_scratch_group_norm_resnet18_fpn_step_trains_the_stem():
             "model.rpn.border_rule": "train_crossing",
             "model.roi.op": "align",
             "model.roi.box_loss_beta": 0.0,
+            "optimizer": "adamw",
             "bias_lr_factor": 2.0,
         }
     )
