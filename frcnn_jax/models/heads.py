@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from frcnn_jax.models.conv import Conv
-from frcnn_jax.models.resnet import GN_GROUPS
+from frcnn_jax.models.resnet import group_norm
 
 # detectron2's c2_msra_fill for the head convs (kaiming normal, fan_out, ReLU gain).
 _KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -98,11 +98,8 @@ class RoIHead(nn.Module):
                     dtype=self.dtype,
                     name=f"conv{i + 1}",
                 )(x)
-                if self.norm == "group_norm":
-                    groups = min(GN_GROUPS, max(channels // 2, 1))
-                    x = nn.GroupNorm(
-                        num_groups=groups, epsilon=1e-5, dtype=self.dtype, name=f"conv{i + 1}_norm"
-                    )(x)
+                if self.norm == "group_norm":  # per roi: no padding to mask
+                    x = group_norm(channels, dtype=self.dtype, name=f"conv{i + 1}_norm")(x)
                 x = nn.relu(x)
             x = x.reshape(*lead, *x.shape[1:])
         x = x.reshape(*x.shape[:-3], -1)

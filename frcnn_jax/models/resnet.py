@@ -114,6 +114,13 @@ class MaskedGroupNorm(nn.Module):
         return y.astype(self.dtype)
 
 
+def group_norm(channels: int, *, dtype: Dtype, name: str) -> MaskedGroupNorm:
+    """Trainable GroupNorm: 32 groups, or 2 channels per group below 64 channels (the narrow
+    nets of ``width`` < 64), epsilon as torchvision's."""
+    groups = min(GN_GROUPS, max(channels // 2, 1))
+    return MaskedGroupNorm(num_groups=groups, epsilon=BN_EPSILON, dtype=dtype, name=name)
+
+
 def _norm_layer(norm: str, dtype: Dtype, name: str, channels: int) -> nn.Module:
     """FrozenBatchNorm (ImageNet weights) or trainable GroupNorm (from scratch): 32 groups, or
     2 channels per group below 64 channels (the narrow nets of ``width`` < 64). Either is
@@ -121,8 +128,7 @@ def _norm_layer(norm: str, dtype: Dtype, name: str, channels: int) -> nn.Module:
     if norm == "frozen_bn":
         return FrozenBatchNorm(dtype=dtype, name=name)
     if norm == "group_norm":
-        groups = min(GN_GROUPS, max(channels // 2, 1))
-        return MaskedGroupNorm(num_groups=groups, epsilon=BN_EPSILON, dtype=dtype, name=name)
+        return group_norm(channels, dtype=dtype, name=name)
     raise ValueError(f"model.backbone_options norm={norm!r}; choose one of {NORMS}")
 
 
