@@ -22,6 +22,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.bias_lr_factor = 1.0  # biases (and GroupNorm scales) learn at this x lr; the seed: 2
     config.warmup_steps = 500
     config.lr_decay_steps = (45_000,)  # x0.1 after 9 of 14 epochs of VOC07 trainval
+    # "step": x0.1 at each lr_decay_steps (the seed); "cosine": from the end of the warmup
+    # down to ~0 at the last step, lr_decay_steps / lr_decay_epochs unused.
+    config.lr_schedule = "step"
     # A schedule in epochs (frcnn_jax/training/schedule.py): when num_epochs is set, the run's
     # steps, lr_decay_steps (from lr_decay_epochs) and, with warmup_epochs, warmup_steps are
     # computed from the number of training images and batch_size at start (and logged); the

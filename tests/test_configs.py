@@ -38,6 +38,7 @@ def test_config_validates_and_builds_its_model(name):
         ("data.max_size", 10, "min_size"),
         ("num_epochs", 0.0, "config.num_epochs must be > 0"),
         ("lr_decay_epochs", (-1.0,), "config.lr_decay_epochs"),
+        ("lr_schedule", "linear", "config.lr_schedule='linear'"),
         ("model.rpn.border_rule", "inside", "model.rpn.border_rule='inside'"),
         ("model.rpn.min_size_units", "px", "model.rpn.min_size_units='px'"),
         ("model.backbone_options", {"norm": "bn"}, r"do not fit model.backbone='small' \(it takes"),

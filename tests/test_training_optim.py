@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from frcnn_jax.models import backbones
 from frcnn_jax.training import optim
@@ -62,6 +63,29 @@ def test_schedule_warms_up_linearly_then_decays_tenfold():
         rtol=1e-6,
     )
     assert optim.scaled_learning_rate(1e-3, 8, 1) == 8e-3
+
+
+def test_cosine_schedule_warms_up_then_follows_half_a_cosine_to_zero():
+    schedule = optim.learning_rate_schedule(
+        base_lr=1.0,
+        warmup_steps=10,
+        decay_steps=[15],
+        warmup_factor=0.0,
+        kind="cosine",
+        total_steps=30,
+    )
+    # Warmup 0 -> 1 over 10 steps; then t = (step - 10) / 20: (1 + cos(pi t)) / 2, decay_steps
+    # unused (no x0.1 at 15). Step 25: t = 3/4, (1 - sqrt(2)/2) / 2 = 0.146447.
+    np.testing.assert_allclose(
+        [schedule(s) for s in (0, 5, 10, 15, 20, 25, 30)],
+        [0.0, 0.5, 1.0, (1 + np.cos(np.pi / 4)) / 2, 0.5, 0.1464466, 0.0],
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    with pytest.raises(ValueError, match="total_steps > warmup_steps"):
+        optim.learning_rate_schedule(base_lr=1.0, warmup_steps=10, decay_steps=(), kind="cosine")
+    with pytest.raises(ValueError, match="choose one of"):
+        optim.learning_rate_schedule(base_lr=1.0, warmup_steps=0, decay_steps=(), kind="linear")
 
 
 def test_group_norm_scales_are_undecayed_and_bias_lr_factor_doubles_their_step():

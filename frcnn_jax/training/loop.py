@@ -122,9 +122,9 @@ def with_step_schedule(config: ml_collections.ConfigDict) -> ml_collections.Conf
     num_epochs, warmup_epochs = config.get("num_epochs"), config.get("warmup_epochs")
     if num_epochs is None and warmup_epochs is None:
         logging.info(
-            "schedule in steps: %d steps, lr x0.1 at steps %s, warmup %d steps, batch %d",
+            "schedule in steps: %d steps, %s, warmup %d steps, batch %d",
             config.num_train_steps,
-            tuple(config.lr_decay_steps),
+            _decay_text(config),
             config.warmup_steps,
             config.batch_size,
         )
@@ -152,7 +152,7 @@ def with_step_schedule(config: ml_collections.ConfigDict) -> ml_collections.Conf
     logging.info(
         "schedule in epochs: %d training images in %r (counted in %.1f s) / global batch %d = "
         "%.2f steps per epoch; num_epochs %s, lr_decay_epochs %s, warmup_epochs %s -> %d steps, "
-        "lr x0.1 at steps %s, warmup %d steps",
+        "%s, warmup %d steps",
         num_examples,
         config.data.train_split,
         time.perf_counter() - start,
@@ -162,10 +162,17 @@ def with_step_schedule(config: ml_collections.ConfigDict) -> ml_collections.Conf
         tuple(config.get("lr_decay_epochs") or ()),
         warmup_epochs,
         config.num_train_steps,
-        tuple(config.lr_decay_steps),
+        _decay_text(config),
         config.warmup_steps,
     )
     return config
+
+
+def _decay_text(config: ml_collections.ConfigDict) -> str:
+    """How the learning rate decays, for the schedule's log line."""
+    if config.get("lr_schedule", "step") == "cosine":
+        return f"lr cosine to ~0 at step {config.num_train_steps}"
+    return f"lr x0.1 at steps {tuple(config.lr_decay_steps)}"
 
 
 def check_batch_layout(config: ml_collections.ConfigDict) -> None:

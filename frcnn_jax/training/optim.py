@@ -29,6 +29,9 @@ def scaled_learning_rate(learning_rate: float, batch_size: int, reference_batch_
     return learning_rate * batch_size / reference_batch_size
 
 
+SCHEDULES = ("step", "cosine")
+
+
 def learning_rate_schedule(
     *,
     base_lr: float,
@@ -36,10 +39,31 @@ def learning_rate_schedule(
     decay_steps: Sequence[int],
     decay_factor: float = 0.1,
     warmup_factor: float = 1.0 / 3.0,
+    kind: str = "step",
+    total_steps: int | None = None,
 ) -> optax.Schedule:
-    """Linear warmup from ``warmup_factor * base_lr`` then x``decay_factor`` at each decay step."""
-    boundaries = {int(s): decay_factor for s in decay_steps}
-    decay = optax.piecewise_constant_schedule(base_lr, boundaries)
+    """Linear warmup from ``warmup_factor * base_lr``, then the decay ``kind``.
+
+    ``"step"``: x``decay_factor`` at each of ``decay_steps`` (the seed, detectron2).
+    ``"cosine"``: ``base_lr * (1 + cos(pi * t)) / 2`` with t going from 0 at the end of the
+    warmup to 1 at ``total_steps`` (Loshchilov & Hutter 2017, without restarts), so the last
+    step learns at ~0; ``decay_steps`` are not used.
+    """
+    if kind == "step":
+        boundaries = {int(s): decay_factor for s in decay_steps}
+        decay = optax.piecewise_constant_schedule(base_lr, boundaries)
+    elif kind == "cosine":
+        if total_steps is None or total_steps <= warmup_steps:
+            raise ValueError(
+                f"a cosine schedule needs total_steps > warmup_steps, got {total_steps} and "
+                f"{warmup_steps}"
+            )
+        cosine = optax.cosine_decay_schedule(base_lr, decay_steps=total_steps - warmup_steps)
+
+        def decay(step):
+            return cosine(jax.numpy.maximum(step - warmup_steps, 0))
+    else:
+        raise ValueError(f"learning-rate schedule {kind!r}; choose one of {SCHEDULES}")
     if warmup_steps <= 0:
         return decay
 

@@ -49,7 +49,11 @@ def create_train_state(config: ml_collections.ConfigDict, model: FasterRCNN, var
         config.learning_rate, config.batch_size, config.get("reference_batch_size", 1)
     )
     schedule = optim.learning_rate_schedule(
-        base_lr=base_lr, warmup_steps=config.warmup_steps, decay_steps=config.lr_decay_steps
+        base_lr=base_lr,
+        warmup_steps=config.warmup_steps,
+        decay_steps=config.lr_decay_steps,
+        kind=config.get("lr_schedule", "step"),
+        total_steps=config.num_train_steps,
     )
     tx = optim.make_optimizer(
         variables["params"],
