@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from frcnn_jax.models.conv import Conv
+from frcnn_jax.models.conv import Conv, WSConv
 from frcnn_jax.models.conv import torch_padding as _pad
 
 Dtype = Any
@@ -50,7 +50,8 @@ class FrozenBatchNorm(nn.Module):
         return x * mult.astype(self.dtype) + (bias - mean * mult).astype(self.dtype)
 
 
-NORMS = ("frozen_bn", "group_norm")
+# "group_norm_ws": GroupNorm, and weight standardization in every conv that a norm follows.
+NORMS = ("frozen_bn", "group_norm", "group_norm_ws")
 # GroupNorm groups (Wu & He 2018; detectron2's and torchvision's choice for GN backbones).
 GN_GROUPS = 32
 
@@ -127,9 +128,14 @@ def _norm_layer(norm: str, dtype: Dtype, name: str, channels: int) -> nn.Module:
     called as ``norm(x, mask)``; frozen batch norm, a per-cell affine map, ignores the mask."""
     if norm == "frozen_bn":
         return FrozenBatchNorm(dtype=dtype, name=name)
-    if norm == "group_norm":
+    if norm in ("group_norm", "group_norm_ws"):
         return group_norm(channels, dtype=dtype, name=name)
     raise ValueError(f"model.backbone_options norm={norm!r}; choose one of {NORMS}")
+
+
+def _conv_class(norm: str | None):
+    """The conv a norm follows: ``WSConv`` for "group_norm_ws", else ``Conv``."""
+    return WSConv if norm == "group_norm_ws" else Conv
 
 
 # torchvision's and detectron2's ResNet initialisation (kaiming_normal_, fan_out, ReLU gain):
@@ -151,7 +157,7 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jnp.ndarray, valid=None) -> jnp.ndarray:
         """``valid``: see ``padding_mask`` (None: GroupNorm over the whole canvas)."""
         conv = functools.partial(
-            Conv, use_bias=False, kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
+            _conv_class(self.norm), use_bias=False, kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
         )
 
         def norm(name, channels, y):
@@ -182,7 +188,11 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, valid=None) -> jnp.ndarray:
         """``valid``: see ``padding_mask`` (None: GroupNorm over the whole canvas)."""
         conv = functools.partial(
-            Conv, use_bias=False, padding=_pad(3), kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
+            _conv_class(self.norm),
+            use_bias=False,
+            padding=_pad(3),
+            kernel_init=_RESNET_CONV_INIT,
+            dtype=self.dtype,
         )
 
         def norm(name, y):
@@ -193,7 +203,7 @@ class BasicBlock(nn.Module):
         y = nn.relu(norm("bn1", y))
         y = norm("bn2", conv(self.features, (3, 3), name="conv2")(y))
         if self.downsample:
-            x = Conv(
+            x = _conv_class(self.norm)(
                 self.features,
                 (1, 1),
                 strides=self.strides,
@@ -262,7 +272,7 @@ class ResNet(nn.Module):
         block_class = BLOCKS[self.block]
         freeze_at = self.frozen_at
         resnet_frozen_prefixes(freeze_at)  # validates
-        x = Conv(
+        x = _conv_class(self.norm)(
             self.width,
             (7, 7),
             strides=2,
@@ -320,7 +330,7 @@ class FPN(nn.Module):
     dtype: Dtype = jnp.float32
 
     def _conv(self, kernel: int, name: str):
-        conv = Conv(
+        conv = _conv_class(self.norm)(
             self.channels,
             (kernel, kernel),
             padding=_pad(kernel),
