@@ -5,7 +5,8 @@ Run (CPU; the table in RESULTS.md):
     --batch_sizes=1,4,8 --steps=10 --warmup=2
 
 For each batch size B: images/s = B / median time of one call on B random images of the
-exported size (the config's largest padded shape unless --image_size), every call waited on
+exported size (the config's largest padded shape unless --image_size; scales of ones, as for
+images that needed no resizing), every call waited on
 (outputs on the host for TensorFlow and onnxruntime), after --warmup calls. Rows:
 - detector: ``inference.predict_fn.make_predict_fn`` (what ``Detector`` and eval.py run),
   compiled ahead of time for B;
@@ -45,18 +46,25 @@ flags.DEFINE_string(
 
 
 def _time(call, sync, images) -> float:
-    """Median seconds of one synchronised call (bench_timing.time_steps)."""
+    """Median seconds of one synchronised ``call(images, scales)``, scales all ones
+    (bench_timing.time_steps)."""
+    scales = np.ones((images[0].shape[0], 2), np.float32)
     timing = bench_timing.time_steps(
-        lambda i: call(images[i % len(images)]), sync, warmup=FLAGS.warmup, steps=FLAGS.steps
+        lambda i: call(images[i % len(images)], scales),
+        sync,
+        warmup=FLAGS.warmup,
+        steps=FLAGS.steps,
     )
     return timing["median_s"]
 
 
 def run_detector(model, variables, images, size):
     predict = make_predict_fn(model)
-    sizes = np.tile(np.array(size, np.int32), (images[0].shape[0], 1))
-    compiled = predict.lower(variables, images[0], sizes).compile()
-    return _time(lambda x: compiled(variables, x, sizes), jax.block_until_ready, images)
+    batch = images[0].shape[0]
+    sizes = np.tile(np.array(size, np.int32), (batch, 1))
+    scales = np.ones((batch, 2), np.float32)
+    compiled = predict.lower(variables, images[0], sizes, scales).compile()
+    return _time(lambda x, s: compiled(variables, x, sizes, s), jax.block_until_ready, images)
 
 
 def run_stablehlo(directory, images):
@@ -70,7 +78,7 @@ def run_saved_model(directory, images):
     loaded = tf.saved_model.load(os.path.join(directory, "saved_model"))
     detect = loaded.signatures["serving_default"]
     return _time(
-        lambda x: detect(images=tf.constant(x)),
+        lambda x, s: detect(images=tf.constant(x), scales=tf.constant(s)),
         lambda out: {k: v.numpy() for k, v in out.items()},
         images,
     )
@@ -82,7 +90,9 @@ def run_onnx(path, images):
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(path, options)
-    return _time(lambda x: session.run(None, {"images": x}), lambda out: out, images)
+    return _time(
+        lambda x, s: session.run(None, {"images": x, "scales": s}), lambda out: out, images
+    )
 
 
 RUNS = {"stablehlo": run_stablehlo, "saved_model": run_saved_model}

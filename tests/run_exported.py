@@ -1,14 +1,15 @@
 """Runs an exported detector with the README's own lines, without frcnn_jax.
 
-  python tests/run_exported.py FORMAT DIR IMAGES.npy OUT.npz [BATCH]
+  python tests/run_exported.py FORMAT DIR INPUTS.npz OUT.npz [BATCH]
 
 FORMAT is stablehlo (needs jax only), saved_model (tensorflow, no jax) or onnx (onnxruntime,
 neither): the README's "Deploy" code block for it runs with "exported/" replaced by DIR (its
-lines before ``out = ...`` once, the rest per batch) on images uint8 [N, H, W, 3] in batches
-of BATCH (default: all at once; the last batch filled up with zero images). OUT.npz gets
-boxes, classes, scores, valid of the N images. The packages a
-format must do without cannot be imported here, as if not installed (TensorFlow 2.21 itself
-imports jax when it is installed, and does without it otherwise).
+lines before ``out = ...`` once, the rest per batch) on INPUTS.npz's images uint8
+[N, H, W, 3] and scales float32 [N, 2] in batches of BATCH (default: all at once; the last
+batch filled up with zero images of scale 1). OUT.npz gets boxes, classes, scores, valid of
+the N images. The packages a format must do without cannot be imported here, as if not
+installed (TensorFlow 2.21 itself imports jax when it is installed, and does without it
+otherwise).
 """
 
 import importlib.abc
@@ -47,20 +48,23 @@ def readme_snippet(kind: str) -> str:
     return re.search(pattern, text, re.S).group(1)
 
 
-def main(kind, directory, images_path, out_path, batch=None):
+def main(kind, directory, inputs_path, out_path, batch=None):
     sys.meta_path.insert(0, Uninstalled(FORBIDDEN[kind]))
     lines = readme_snippet(kind).replace("exported/", f"{directory}/").splitlines()
     first_call = next(i for i, line in enumerate(lines) if line.startswith("out ="))
     scope = {}
     exec("\n".join(lines[:first_call]), scope)  # noqa: S102 - the README's example
     call = compile("\n".join(lines[first_call:]), "README", "exec")
-    images = np.load(images_path)
+    inputs = np.load(inputs_path)
+    images, scales = inputs["images"], inputs["scales"]
     batch = int(batch) if batch else len(images)
     parts = []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        fill = np.zeros((batch - len(chunk), *chunk.shape[1:]), np.uint8)
-        scope["images"] = np.concatenate([chunk, fill])
+        fill = batch - len(chunk)
+        scope["images"] = np.concatenate([chunk, np.zeros((fill, *chunk.shape[1:]), np.uint8)])
+        ones = np.ones((fill, 2), np.float32)
+        scope["scales"] = np.concatenate([scales[start : start + batch], ones])
         exec(call, scope)  # noqa: S102
         parts.append({k: np.asarray(scope["out"][k])[: len(chunk)] for k in OUTPUTS})
     np.savez(out_path, **{k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS})

@@ -134,7 +134,8 @@ def test_the_detector_with_roi_pool_is_unchanged():
     model = build_model(config.model, num_classes=3)
     variables = init_variables(model, jax.random.key(0))
     images = RNG.integers(1, 255, (2, 64, 64, 3), np.uint8)
-    _check(make_inference_fn(model, variables), images)
+    scales = np.array([[1.6, 1.6], [0.64, 0.6375]], np.float32)  # enlarged, shrunk
+    _check(make_inference_fn(model, variables), images, scales)
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 ``DIR`` receives, per format: ``model.stablehlo`` (StableHLO), ``saved_model/`` (TensorFlow
 SavedModel), ``model.onnx`` (ONNX); and always ``class_names.json`` (index = class id) and
-``export.json``: the interface (input and output names, shapes, box format), the exported
+``export.json``: the interface (inputs and outputs: names, shapes, box format), the exported
 image size and batch size per format, the preprocessing options (``min_size``, ``max_size``)
 for ``frcnn_jax.export.prepare``, and the workdir and checkpoint step it came from.
 """
@@ -84,12 +84,19 @@ def export_workdir(
         "formats": {f: FILE_NAMES[f] for f in FORMATS if f in formats},
         "batch_size": batch_sizes,  # null: any batch size
         "image_size": list(image_size),
-        "input": {
-            "name": inference.INPUT_NAME,
-            "dtype": "uint8",
-            "shape": ["B", *image_size, 3],
-            "content": "RGB, resized (aspect kept) and zero-padded at the bottom and right; see "
-            "frcnn_jax.export.prepare",
+        "inputs": {  # in this order (inference.INPUT_NAMES)
+            inference.INPUT_NAME: {
+                "dtype": "uint8",
+                "shape": ["B", *image_size, 3],
+                "content": "RGB, resized (aspect kept) and zero-padded at the bottom and right; "
+                "see frcnn_jax.export.prepare",
+            },
+            inference.SCALES_NAME: {
+                "dtype": "float32",
+                "shape": ["B", 2],
+                "content": "each image's resize factors (sy, sx) = (new h / old h, new w / old "
+                "w), resized = original * scale; ones for an image that was not resized",
+            },
         },
         "outputs": {
             "boxes": "float32 [B, D, 4] (ymin, xmin, ymax, xmax) pixels of the input image",

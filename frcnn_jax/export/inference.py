@@ -4,19 +4,28 @@ Shape shorthand: B batch, H, W the exported (padded) image size, D detections pe
 model's ``max_detections``).
 
 The interface (kept by all formats; users code against these names):
-  input ``images`` uint8 ``[B, H, W, 3]`` RGB, each image already resized (aspect kept) and
-    zero-padded at the bottom and right to (H, W) (``frcnn_jax.export.prepare``);
+  inputs ``images`` uint8 ``[B, H, W, 3]`` RGB, each image already resized (aspect kept) and
+    zero-padded at the bottom and right to (H, W), and ``scales`` float32 ``[B, 2]``, each
+    image's resize factors (sy, sx) with resized = original * scale (both from
+    ``frcnn_jax.export.prepare``; ones for an image that was not resized);
   outputs ``boxes`` float32 ``[B, D, 4]`` (ymin, xmin, ymax, xmax) pixels of the input,
     ``classes`` int32 ``[B, D]`` 0-based (index into class_names.json), ``scores`` float32
     ``[B, D]`` best first, ``valid`` bool ``[B, D]`` (a prefix; padding rows are zeros).
 
 Padding: the model needs each image's size inside its padding (normalisation zeroes the
-padding; proposals and boxes are clipped to the image). With ``images`` as the only input,
-the size is read off the pixels: an image's height is 1 + the index of its last row holding a
-non-zero value, its width likewise over columns. That is the true size of every image whose
-own last row and last column are not entirely black (0, 0, 0), and then the result is the
-Detector's; an image with an all-black bottom or right edge is treated as if that edge were
-padding (boxes are clipped above / left of it).
+padding; proposals and boxes are clipped to the image). No input carries it: it is read off
+the pixels, an image's height being 1 + the index of its last row holding a non-zero value,
+its width likewise over columns. That is the true size of every image whose own last row and
+last column are not entirely black (0, 0, 0), and then the result is the Detector's; an image
+with an all-black bottom or right edge is treated as if that edge were padding (boxes are
+clipped above / left of it).
+
+Scales: every model takes them, whether or not its config reads them. With
+``model.rpn.min_size_units="original"`` (the seed's rule, the default) the minimum proposal
+side is ``model.rpn.min_size`` pixels of the original image, min_size * scale pixels of the
+input, as in the Detector; other factors change the proposals, hence the detections, of a
+resized image (ones keep small proposals of an enlarged image that the Detector drops).
+"resized" units do not read them.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ from frcnn_jax.data import pipeline
 from frcnn_jax.models.faster_rcnn import FasterRCNN
 
 INPUT_NAME = "images"
+SCALES_NAME = "scales"
+INPUT_NAMES = (INPUT_NAME, SCALES_NAME)  # the order of the exported function's arguments
 OUTPUT_NAMES = ("boxes", "classes", "scores", "valid")
 OUTPUT_DTYPES = {"boxes": jnp.float32, "classes": jnp.int32, "scores": jnp.float32, "valid": bool}
 
@@ -53,23 +64,27 @@ def image_sizes_from_padding(images: jnp.ndarray) -> jnp.ndarray:
 
 
 def make_apply_fn(model: FasterRCNN):
-    """``(variables, images uint8 [B, H, W, 3]) -> {boxes, classes, scores, valid}``.
+    """``(variables, images uint8 [B, H, W, 3], scales float32 [B, 2]) -> {boxes, classes,
+    scores, valid}``.
 
     Not jitted: each exporter traces it. Normalisation, proposals, RoI head and per-class NMS
-    all happen inside; each image's size comes from ``image_sizes_from_padding``.
+    all happen inside; each image's size comes from ``image_sizes_from_padding``, its resize
+    factors (sy, sx) from ``scales`` (``FasterRCNN.detect``'s, for the minimum proposal size).
     """
 
-    def apply(variables, images):
+    def apply(variables, images, scales):
         images = jnp.asarray(images, jnp.uint8)
+        scales = jnp.asarray(scales, jnp.float32)
         sizes = image_sizes_from_padding(images)
-        out = model.apply(variables, images, sizes, method=model.detect)
+        out = model.apply(variables, images, sizes, scales, method=model.detect)
         return {name: out[name].astype(OUTPUT_DTYPES[name]) for name in OUTPUT_NAMES}
 
     return apply
 
 
 def make_inference_fn(model: FasterRCNN, variables: dict):
-    """``images -> {boxes, classes, scores, valid}`` with ``variables`` bound (``make_apply_fn``).
+    """``(images, scales) -> {boxes, classes, scores, valid}`` with ``variables`` bound
+    (``make_apply_fn``).
 
     Traced by an exporter, the weights become constants of the program.
     """

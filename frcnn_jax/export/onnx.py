@@ -2,10 +2,10 @@
 
 Shape shorthand: B batch (fixed: see below), H, W the exported size, D detections per image.
 
-``DIR/model.onnx`` takes ``images`` uint8 ``[B, H, W, 3]`` and returns ``boxes``, ``classes``,
-``scores``, ``valid`` (as ``inference.OUTPUT_NAMES``); it runs with onnxruntime alone
-(README, "Deploy"). The whole detector converts, NMS loop included (ONNX ``Loop``), in two
-steps:
+``DIR/model.onnx`` takes ``images`` uint8 ``[B, H, W, 3]`` and ``scales`` float32 ``[B, 2]``
+and returns ``boxes``, ``classes``, ``scores``, ``valid`` (``inference``'s interface); it runs
+with onnxruntime alone (README, "Deploy"). The whole detector converts, NMS loop included
+(ONNX ``Loop``), in two steps:
 
 - the program is traced to a jaxpr first and jax2onnx is handed that jaxpr's evaluation, so
   jax2onnx's replacements of ``jax.numpy`` functions never see the model code (its
@@ -29,10 +29,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 
-from frcnn_jax.export import rewrite
-from frcnn_jax.export.inference import INPUT_NAME, OUTPUT_NAMES
+from frcnn_jax.export import rewrite, stablehlo
+from frcnn_jax.export.inference import INPUT_NAMES, OUTPUT_NAMES
 
 DEFAULT_OPSET = 21
 
@@ -49,14 +48,17 @@ def check_installed() -> None:
         ) from e
 
 
-def convertible_jaxpr(fn: Callable, spec: jax.ShapeDtypeStruct):
-    """The jaxpr of ``images -> (boxes, classes, scores, valid)`` with ``ONNX_RULES``."""
+def convertible_jaxpr(fn: Callable, *specs: jax.ShapeDtypeStruct):
+    """The jaxpr of ``(images, scales) -> (boxes, classes, scores, valid)`` with ``ONNX_RULES``.
 
-    def ordered(images):
-        out = fn(images)
+    Its inputs are ``specs``, all of them, whether the program reads them or not.
+    """
+
+    def ordered(*inputs):
+        out = fn(*inputs)
         return tuple(out[name] for name in OUTPUT_NAMES)
 
-    return jax.make_jaxpr(rewrite.rewrite(ordered, spec, rules=rewrite.ONNX_RULES))(spec)
+    return jax.make_jaxpr(rewrite.rewrite(ordered, *specs, rules=rewrite.ONNX_RULES))(*specs)
 
 
 def save(
@@ -67,28 +69,42 @@ def save(
     batch_size: int,
     opset: int = DEFAULT_OPSET,
 ) -> None:
-    """Converts ``fn`` (``images uint8 [B, H, W, 3] -> dict``) to an ONNX file at ``path``."""
+    """Converts ``fn`` to an ONNX file at ``path``.
+
+    Args:
+      fn: ``(images uint8 [B, H, W, 3], scales float32 [B, 2]) -> dict``
+        (``inference.make_inference_fn``).
+
+    Raises:
+      ValueError: ``batch_size`` < 1.
+      RuntimeError: the converted graph's inputs are not ``inference.INPUT_NAMES``.
+    """
     # The [export] extra: imported here so that the other formats do without it.
     import onnx as onnx_lib
     from jax2onnx import to_onnx
 
     if batch_size < 1:
         raise ValueError(f"ONNX export needs a fixed batch_size >= 1, got {batch_size}")
-    height, width = (int(s) for s in image_size)
-    spec = jax.ShapeDtypeStruct((int(batch_size), height, width, 3), jnp.uint8)
-    closed = convertible_jaxpr(fn, spec)
+    specs = stablehlo.input_specs(image_size, int(batch_size))
+    closed = convertible_jaxpr(fn, *specs)
 
-    def evaluate(images):
-        return tuple(jax.core.eval_jaxpr(closed.jaxpr, closed.consts, images))
+    def evaluate(images, scales):
+        return tuple(jax.core.eval_jaxpr(closed.jaxpr, closed.consts, images, scales))
 
     model = to_onnx(
         evaluate,
-        [spec],
+        list(specs),
         model_name="frcnn_jax_detector",
         opset=opset,
-        input_names=[INPUT_NAME],
+        input_names=list(INPUT_NAMES),
         output_names=list(OUTPUT_NAMES),
     )
+    # jax2onnx makes a graph input of every argument of ``evaluate``, read or not (scales is
+    # not read with model.rpn.min_size_units="resized"), so every model has one interface and
+    # onnxruntime accepts both names. Checked here, as a later jax2onnx could prune them.
+    inputs = [i.name for i in model.graph.input]
+    if inputs != list(INPUT_NAMES):
+        raise RuntimeError(f"the ONNX graph's inputs are {inputs}, expected {list(INPUT_NAMES)}")
     drop_unused_initializers(model.graph)
     onnx_lib.save_model(model, path)
 

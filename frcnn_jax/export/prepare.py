@@ -1,14 +1,15 @@
 """Images of any size in, exported-size inputs out; boxes back to the original pixels.
 
-Shape shorthand: H0, W0 an original image, h, w its resized size, H, W the exported size,
-D detections.
+Shape shorthand: B batch, H0, W0 an original image, h, w its resized size, H, W the exported
+size, D detections.
 
 The rules are the data pipeline's (``frcnn_jax.data.pipeline``, the Detector's too):
 scale = min(min_size / min(H0, W0), max_size / max(H0, W0)); h = floor(H0 * scale + 0.5) and
 w likewise; bilinear resampling (antialiased when shrinking, none when the size is unchanged);
 zeros below and right of the image up to (H, W). ``min_size``/``max_size`` are the training
-config's ``data.min_size``/``data.max_size``, recorded in ``DIR/export.json``. Boxes map back
-with the exact per-axis factors (sy, sx) = (h / H0, w / W0), clipped to the original image.
+config's ``data.min_size``/``data.max_size``, recorded in ``DIR/export.json``. The per-axis
+factors (sy, sx) = (h / H0, w / W0) are the exported model's ``scales`` input (its minimum
+proposal size is in original pixels), and map boxes back, clipped to the original image.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ class PreparedImage:
     """One image ready for an exported model.
 
     image: uint8 ``[H, W, 3]``, the resized image zero-padded to the exported size.
-    scales: float32 (sy, sx), resized = original * scale.
+    scales: float32 ``[2]`` (sy, sx), resized = original * scale: the image's row of the
+      exported model's ``scales`` input.
     original_size: (H0, W0) of the image as given.
     """
 
@@ -68,10 +70,17 @@ def prepare_image(
     )
 
 
-def prepare_images(images, **options) -> tuple[np.ndarray, list[PreparedImage]]:
-    """``prepare_image`` on each image; returns (uint8 ``[B, H, W, 3]`` batch, the items)."""
+def prepare_images(images, **options) -> tuple[np.ndarray, np.ndarray, list[PreparedImage]]:
+    """``prepare_image`` on each image.
+
+    Returns:
+      (images uint8 ``[B, H, W, 3]``, scales float32 ``[B, 2]``, the B ``PreparedImage``s): the
+      exported model's two inputs, and what ``to_original_pixels`` needs per image.
+    """
     prepared = [prepare_image(image, **options) for image in images]
-    return np.stack([p.image for p in prepared]), prepared
+    images = np.stack([p.image for p in prepared])
+    scales = np.stack([p.scales for p in prepared]).astype(np.float32)
+    return images, scales, prepared
 
 
 def to_original_pixels(boxes: np.ndarray, prepared: PreparedImage) -> np.ndarray:

@@ -3,11 +3,12 @@
 Shape shorthand: B batch (``None`` in the signature unless fixed), H, W the exported size,
 D detections per image.
 
-``DIR/saved_model/`` has one ``serving_default`` signature: input ``images`` uint8
-``[B, H, W, 3]``, outputs ``boxes`` float32 ``[B, D, 4]``, ``classes`` int32 ``[B, D]``,
-``scores`` float32 ``[B, D]``, ``valid`` bool ``[B, D]``; the weights are its variables. It
-loads with ``tf.saved_model.load`` in a process without JAX (README, "Deploy") and serves
-with TF Serving (the op ships with TensorFlow).
+``DIR/saved_model/`` has one ``serving_default`` signature (``inference``'s interface):
+inputs ``images`` uint8 ``[B, H, W, 3]`` and ``scales`` float32 ``[B, 2]``, outputs ``boxes``
+float32 ``[B, D, 4]``, ``classes`` int32 ``[B, D]``, ``scores`` float32 ``[B, D]``, ``valid``
+bool ``[B, D]``; the weights are its variables. It loads with ``tf.saved_model.load`` in a
+process without JAX (README, "Deploy") and serves with TF Serving (the op ships with
+TensorFlow).
 
 Why not ``jax2tf.convert``: it wraps a ``jax.export`` program in the same op, but serialises
 it for the StableHLO version of the *installed jax* (1.15 for jax 0.10.2), which TensorFlow
@@ -30,7 +31,7 @@ import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla as tfxla
 
 from frcnn_jax.export import rewrite, stablehlo
-from frcnn_jax.export.inference import INPUT_NAME
+from frcnn_jax.export.inference import INPUT_NAME, SCALES_NAME
 
 # The StableHLO version the module is serialised for: old enough for TensorFlow >= 2.20
 # (the first with XlaCallModule calling convention 10, which jax 0.10 emits), new enough to
@@ -46,13 +47,13 @@ def save(
     image_size: Sequence[int],
     batch_size: int | None,
 ) -> None:
-    """Writes a SavedModel of ``apply_fn(variables, images)`` to ``directory``.
+    """Writes a SavedModel of ``apply_fn(variables, images, scales)`` to ``directory``.
 
     The weights are TF variables of the SavedModel (``variables/``, as TF Serving expects),
     passed to the program as arguments: the program itself stays small.
 
     Args:
-      apply_fn: ``(variables, images uint8 [B, H, W, 3]) -> dict``
+      apply_fn: ``(variables, images uint8 [B, H, W, 3], scales float32 [B, 2]) -> dict``
         (``inference.make_apply_fn``).
       batch_size: None: any batch size (the signature's B is ``None``).
     """
@@ -60,7 +61,7 @@ def save(
     exported = stablehlo.export_fn(
         apply_fn,
         variable_specs,
-        stablehlo.image_spec(image_size, batch_size),
+        *stablehlo.input_specs(image_size, batch_size),
         rules=rewrite.TENSORFLOW_RULES,
     )
     module = jax.extend.mlir.serialize_portable_artifact(
@@ -80,15 +81,19 @@ def save(
         tf.Variable(np.asarray(leaf), trainable=False, name=_variable_name(path))
         for path, leaf in jax.tree_util.tree_flatten_with_path(variables)[0]
     ]
-    image_aval = exported.in_avals[-1]
+    image_aval, scales_aval = exported.in_avals[-2:]
 
     @tf.function(
-        input_signature=[tf.TensorSpec(_tf_shape(image_aval.shape), tf.uint8, name=INPUT_NAME)],
+        input_signature=[
+            tf.TensorSpec(_tf_shape(image_aval.shape), tf.uint8, name=INPUT_NAME),
+            tf.TensorSpec(_tf_shape(scales_aval.shape), tf.float32, name=SCALES_NAME),
+        ],
         autograph=False,
     )
-    def serve(images):
-        # Arguments flatten as (variables, images); the program keeps only those it reads.
-        arguments = [w.read_value() for w in holder.weights] + [images]
+    def serve(images, scales):
+        # Arguments flatten as (variables..., images, scales); the program keeps those it needs
+        # (module_kept_var_idx: a fixed-batch program that does not read scales drops them).
+        arguments = [w.read_value() for w in holder.weights] + [images, scales]
         kept = [arguments[i] for i in exported.module_kept_var_idx]
         outputs = tfxla.call_module(kept, **attributes)
         return jax.tree_util.tree_unflatten(exported.out_tree, list(outputs))

@@ -4,8 +4,9 @@ Shape shorthand: B batch (symbolic unless a batch size is fixed), H, W the expor
 D detections per image.
 
 ``DIR/model.stablehlo`` is ``jax.export.Exported.serialize()``: the StableHLO program
-(weights as constants) lowered for CPU and CUDA, with the input/output tree. Loading needs
-``jax`` alone, no frcnn_jax (README, "Deploy").
+(weights as constants) of ``(images, scales) -> dict`` (``inference``'s interface) lowered for
+CPU and CUDA, with the input/output tree. Loading needs ``jax`` alone, no frcnn_jax (README,
+"Deploy").
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def image_spec(image_size: Sequence[int], batch_size: int | None) -> jax.ShapeDt
     return jax.ShapeDtypeStruct((batch, height, width, 3), jnp.uint8)
 
 
+def input_specs(
+    image_size: Sequence[int], batch_size: int | None
+) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """(images uint8 ``[B, H, W, 3]``, scales float32 ``[B, 2]``): ``image_spec`` and its scales.
+
+    Both share one B: ``jax.export`` rejects symbolic dimensions from two ``symbolic_shape``
+    calls ("Invalid mixing of symbolic scopes").
+    """
+    images = image_spec(image_size, batch_size)
+    return images, jax.ShapeDtypeStruct((images.shape[0], 2), jnp.float32)
+
+
 def export_fn(
     fn: Callable,
     *specs: jax.ShapeDtypeStruct,
@@ -45,7 +58,7 @@ def export_fn(
     """``jax.export`` of ``fn`` for inputs ``specs`` on ``platforms``.
 
     Args:
-      fn: e.g. ``inference.make_inference_fn(model, variables)`` with ``image_spec(...)``.
+      fn: e.g. ``inference.make_inference_fn(model, variables)`` with ``*input_specs(...)``.
       rules: optional ``rewrite`` rules applied to ``fn`` first.
     """
     if rules:
@@ -54,13 +67,18 @@ def export_fn(
 
 
 def save(fn: Callable, path: str, *, image_size: Sequence[int], batch_size: int | None) -> None:
-    """Writes ``export_fn(fn, ...).serialize()`` to ``path`` (``DIR/model.stablehlo``)."""
-    exported = export_fn(fn, image_spec(image_size, batch_size))
+    """Writes ``export_fn(fn, ...).serialize()`` to ``path`` (``DIR/model.stablehlo``).
+
+    Args:
+      fn: ``(images uint8 [B, H, W, 3], scales float32 [B, 2]) -> dict``
+        (``inference.make_inference_fn``).
+    """
+    exported = export_fn(fn, *input_specs(image_size, batch_size))
     with open(path, "wb") as f:
         f.write(exported.serialize())
 
 
 def load(path: str) -> export.Exported:
-    """The ``Exported`` written by ``save``; call it with ``.call(images)``."""
+    """The ``Exported`` written by ``save``; call it with ``.call(images, scales)``."""
     with open(path, "rb") as f:
         return export.deserialize(bytearray(f.read()))
