@@ -161,3 +161,40 @@ def test_compiler_options_keep_convolutions_out_of_ynnpack():
     assert "ynn_fusion" in compiled_text()
     assert "ynn_fusion" not in compiled_text(compiler_options=conv.compiler_options("cpu"))
     assert conv.compiler_options("gpu") is None
+
+
+def test_standardize_kernel_hand_worked():
+    # One output channel over 4 inputs [1, 2, 3, 6]: mean 3, population std sqrt(14 / 4).
+    kernel = jnp.array([1.0, 2.0, 3.0, 6.0]).reshape(1, 2, 2, 1)
+    std = np.sqrt((4 + 1 + 0 + 9) / 4)
+    expected = (np.array([1.0, 2.0, 3.0, 6.0]) - 3.0) / (std + conv.WS_EPSILON)
+    np.testing.assert_allclose(conv.standardize_kernel(kernel).ravel(), expected, rtol=1e-6)
+
+
+def test_ws_conv_is_the_conv_of_the_standardized_kernel_and_ignores_the_kernel_scale():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 7, 3))
+    layer = conv.WSConv(4, (3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=False)
+    variables = layer.init(jax.random.key(1), x)
+    kernel = np.asarray(variables["params"]["kernel"], np.float64)  # [3, 3, 3, 4]
+    flat = kernel.reshape(-1, 4)  # a slow reference: per output channel over 27 inputs
+    standardized = ((flat - flat.mean(0)) / (flat.std(0) + conv.WS_EPSILON)).reshape(kernel.shape)
+    expected = lax.conv_general_dilated(
+        x,
+        jnp.asarray(standardized, jnp.float32),
+        (2, 2),
+        ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    np.testing.assert_allclose(layer.apply(variables, x), expected, rtol=1e-5, atol=1e-5)
+    scaled = jax.tree.map(lambda k: 5.0 * k + 0.0, variables)
+    np.testing.assert_allclose(layer.apply(scaled, x), expected, rtol=1e-4, atol=1e-4)
+    # Gradients reach the raw kernel through the standardization, (nearly: epsilon) orthogonal
+    # to it, since the output does not change along the kernel's own direction.
+    kernel = variables["params"]["kernel"]
+    grad = jax.grad(lambda v: jnp.sum(layer.apply(v, x) ** 2))(variables)["params"]["kernel"]
+    assert float(jnp.abs(grad).sum()) > 0.0
+    along = jnp.sum(grad * kernel, axis=(0, 1, 2))  # [4]
+    norms = jnp.linalg.norm(grad.reshape(-1, 4), axis=0) * jnp.linalg.norm(
+        kernel.reshape(-1, 4), axis=0
+    )
+    np.testing.assert_array_less(jnp.abs(along) / norms, 1e-3)
