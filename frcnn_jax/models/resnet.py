@@ -9,7 +9,8 @@ bias, mean and variance in the non-trainable ``"frozen"`` collection: a fixed af
 whatever the batch size), or trainable GroupNorm for training from scratch (He et al. 2019,
 "Rethinking ImageNet Pre-training"), whose statistics cover only the cells that see the image
 when the backbone is given ``image_sizes`` (``MaskedGroupNorm``: the zero padding of a batch
-changes nothing). Which layers are frozen follows ``freeze_at``
+changes nothing), optionally with weight standardization in the convs it follows
+("group_norm_ws", ``conv.WSConv``). Which layers are frozen follows ``freeze_at``
 (detectron2's FREEZE_AT); the gradient is stopped there and ``frozen_prefixes`` names the
 parameters the optimizer must leave alone.
 """
