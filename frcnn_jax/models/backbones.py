@@ -18,8 +18,7 @@ parameters so that the optimizer neither updates nor decays them. Frozen batch
 norm keeps its scale, bias, mean and variance in the non-trainable ``"frozen"``
 collection and is a fixed affine map, whatever the batch size. ResNets trained
 from scratch take ``backbone_options={"norm": "group_norm"}`` instead: trainable
-GroupNorm and nothing frozen (``ResNet``); ``"group_norm_ws"`` adds weight standardization
-to every conv a GroupNorm follows. The ResNet family lives in
+GroupNorm and nothing frozen (``ResNet``). The ResNet family lives in
 ``models/resnet.py``; this module holds VGG16, the small net and the table.
 """
 

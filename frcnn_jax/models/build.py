@@ -3,8 +3,7 @@
 ``config.model`` (configs/default.py lists every field with its default):
   backbone            a name of ``models.backbones.BACKBONES``
   backbone_options    keyword arguments of the backbone (small: ``{"widths": (32, 64, 128)}``;
-                      ResNet-FPN: ``{"norm": "frozen_bn" | "group_norm" | "group_norm_ws",
-                      "freeze_at": 0..5}``)
+                      ResNet-FPN: ``{"norm": "frozen_bn" | "group_norm", "freeze_at": 0..5}``)
   image_normalization "torchvision" (RGB, ImageNet mean/std) or "caffe" (BGR minus mean)
   dtype               "float32" or "bfloat16" compute (parameters stay float32)
   pretrained          an .npz from ``python -m frcnn_jax.convert_weights`` (read by training)

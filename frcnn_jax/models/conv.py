@@ -103,32 +103,6 @@ def compiler_options(platform: str) -> dict[str, str] | None:
 # flax's Conv with the CPU kernel gradient; a drop-in for nn.Conv (same parameters and names).
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
-# Added to the kernel's standard deviation (Qiao et al.'s reference code): a near-constant
-# kernel is not blown up.
-WS_EPSILON = 1e-5
-
-
-def standardize_kernel(kernel: jnp.ndarray) -> jnp.ndarray:
-    """Weight standardization (Qiao et al. 2019): each output channel of an HWIO ``kernel``
-    ``[KH, KW, C, D]`` with mean 0 and standard deviation 1 over its KH * KW * C inputs,
-    ``(w - mean) / (std + WS_EPSILON)`` (population std), in float32."""
-    w = kernel.astype(jnp.float32)
-    mean = w.mean(axis=(0, 1, 2), keepdims=True)  # [1, 1, 1, D]
-    std = jnp.sqrt(jnp.square(w - mean).mean(axis=(0, 1, 2), keepdims=True))
-    return ((w - mean) / (std + WS_EPSILON)).astype(kernel.dtype)
-
-
-def standardized_conv_general_dilated(lhs, rhs, *args, **kwargs):
-    """``conv_general_dilated`` with ``standardize_kernel(rhs)``: flax keeps the raw kernel as
-    the parameter, the convolution sees the standardized one (gradients flow through it)."""
-    return conv_general_dilated(lhs, standardize_kernel(rhs), *args, **kwargs)
-
-
-# Conv with weight standardization; same parameters and names as Conv. With GroupNorm it
-# trains from scratch faster than GroupNorm alone (Qiao et al. 2019, "Micro-Batch Training
-# with Batch-Channel Normalization and Weight Standardization"; BiT's ResNets use it too).
-WSConv = functools.partial(nn.Conv, conv_general_dilated=standardized_conv_general_dilated)
-
 
 def torch_padding(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
     """Explicit symmetric padding k // 2, as PyTorch's ``padding=k // 2``.

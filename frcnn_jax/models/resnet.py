@@ -9,8 +9,7 @@ bias, mean and variance in the non-trainable ``"frozen"`` collection: a fixed af
 whatever the batch size), or trainable GroupNorm for training from scratch (He et al. 2019,
 "Rethinking ImageNet Pre-training"), whose statistics cover only the cells that see the image
 when the backbone is given ``image_sizes`` (``MaskedGroupNorm``: the zero padding of a batch
-changes nothing), optionally with weight standardization in the convs it follows
-("group_norm_ws", ``conv.WSConv``). Which layers are frozen follows ``freeze_at``
+changes nothing). Which layers are frozen follows ``freeze_at``
 (detectron2's FREEZE_AT); the gradient is stopped there and ``frozen_prefixes`` names the
 parameters the optimizer must leave alone.
 """
@@ -25,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from frcnn_jax.models.conv import Conv, WSConv
+from frcnn_jax.models.conv import Conv
 from frcnn_jax.models.conv import torch_padding as _pad
 
 Dtype = Any
@@ -51,8 +50,7 @@ class FrozenBatchNorm(nn.Module):
         return x * mult.astype(self.dtype) + (bias - mean * mult).astype(self.dtype)
 
 
-# "group_norm_ws": GroupNorm, and weight standardization in every conv that a norm follows.
-NORMS = ("frozen_bn", "group_norm", "group_norm_ws")
+NORMS = ("frozen_bn", "group_norm")
 # GroupNorm groups (Wu & He 2018; detectron2's and torchvision's choice for GN backbones).
 GN_GROUPS = 32
 
@@ -129,14 +127,9 @@ def _norm_layer(norm: str, dtype: Dtype, name: str, channels: int) -> nn.Module:
     called as ``norm(x, mask)``; frozen batch norm, a per-cell affine map, ignores the mask."""
     if norm == "frozen_bn":
         return FrozenBatchNorm(dtype=dtype, name=name)
-    if norm in ("group_norm", "group_norm_ws"):
+    if norm == "group_norm":
         return group_norm(channels, dtype=dtype, name=name)
     raise ValueError(f"model.backbone_options norm={norm!r}; choose one of {NORMS}")
-
-
-def _conv_class(norm: str | None):
-    """The conv a norm follows: ``WSConv`` for "group_norm_ws", else ``Conv``."""
-    return WSConv if norm == "group_norm_ws" else Conv
 
 
 # torchvision's and detectron2's ResNet initialisation (kaiming_normal_, fan_out, ReLU gain):
@@ -158,7 +151,7 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jnp.ndarray, valid=None) -> jnp.ndarray:
         """``valid``: see ``padding_mask`` (None: GroupNorm over the whole canvas)."""
         conv = functools.partial(
-            _conv_class(self.norm), use_bias=False, kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
+            Conv, use_bias=False, kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
         )
 
         def norm(name, channels, y):
@@ -189,11 +182,7 @@ class BasicBlock(nn.Module):
     def __call__(self, x: jnp.ndarray, valid=None) -> jnp.ndarray:
         """``valid``: see ``padding_mask`` (None: GroupNorm over the whole canvas)."""
         conv = functools.partial(
-            _conv_class(self.norm),
-            use_bias=False,
-            padding=_pad(3),
-            kernel_init=_RESNET_CONV_INIT,
-            dtype=self.dtype,
+            Conv, use_bias=False, padding=_pad(3), kernel_init=_RESNET_CONV_INIT, dtype=self.dtype
         )
 
         def norm(name, y):
@@ -204,7 +193,7 @@ class BasicBlock(nn.Module):
         y = nn.relu(norm("bn1", y))
         y = norm("bn2", conv(self.features, (3, 3), name="conv2")(y))
         if self.downsample:
-            x = _conv_class(self.norm)(
+            x = Conv(
                 self.features,
                 (1, 1),
                 strides=self.strides,
@@ -273,7 +262,7 @@ class ResNet(nn.Module):
         block_class = BLOCKS[self.block]
         freeze_at = self.frozen_at
         resnet_frozen_prefixes(freeze_at)  # validates
-        x = _conv_class(self.norm)(
+        x = Conv(
             self.width,
             (7, 7),
             strides=2,
@@ -331,7 +320,7 @@ class FPN(nn.Module):
     dtype: Dtype = jnp.float32
 
     def _conv(self, kernel: int, name: str):
-        conv = _conv_class(self.norm)(
+        conv = Conv(
             self.channels,
             (kernel, kernel),
             padding=_pad(kernel),
