@@ -43,7 +43,9 @@ def test_single_process_stops_at_the_next_step():
         job.send_signal(signal.SIGTERM)
         (result,) = job.wait(60, check=False)
     assert result.returncode == preemption.EXIT_PREEMPTED, result.stderr[-3000:]
-    assert _stop_steps([result])[0] > 5
+    # The signal comes after step 5's "RUNNING"; step 5's own check can already see it when
+    # the parent is quick or the worker slow (a loaded machine): 5 is the next check then.
+    assert _stop_steps([result])[0] >= 5
 
 
 def test_two_processes_agree_on_the_step_when_one_gets_sigterm():
@@ -53,4 +55,4 @@ def test_two_processes_agree_on_the_step_when_one_gets_sigterm():
         results = job.wait(60, check=False)
     assert [r.returncode for r in results] == [preemption.EXIT_PREEMPTED] * 2, results
     steps = _stop_steps(results)
-    assert steps[0] == steps[1] > 5
+    assert steps[0] == steps[1] >= 5
