@@ -34,6 +34,8 @@ at 256 px) took 18 minutes on 2 CPU cores and reached VOC07 mAP 0.76 (COCO AP 0.
 previous ones took 15 minutes for 0.44 (SGD, 8 epochs) and 22.5 minutes for 0.36 (SGD, 5.5
 epochs at 320 px). From scratch, this recipe is limited by the epochs a CPU affords: what is
 left is mostly rectangles taken for ellipses and crosses for stars, and back (0.69-0.75 AP).
+Twice the epochs (--config.num_epochs=20 --config.lr_decay_epochs='(16,)', ~35 minutes)
+reached 0.84 on the benchmark's tuning copy, against 0.72 for these defaults.
 
 On a GPU: raise the input size (--config.data.min_size=600 --config.data.max_size=1000), the
 batch (--config.batch_size=16; the learning rate follows linearly), the widths
