@@ -56,13 +56,22 @@ def test_values_and_gradients_match_xla(case):
     np.testing.assert_allclose(dw, ref_dw, rtol=1e-4, atol=1e-4)
 
 
-def test_kernel_grad_matmuls_against_a_loop():
+@pytest.mark.parametrize(
+    "kernel, block_elements",
+    [
+        ((3, 2), conv.BLOCK_ELEMENTS),  # one block
+        ((3, 2), 1),  # one output row per block: 5 blocks
+        ((3, 2), 2 * (2 * 7 * 3 * 2 * 3)),  # 2 rows per block: 3 blocks, the last one padded
+        ((1, 1), 1),  # a 1x1 kernel: one matmul, no blocks
+    ],
+)
+def test_kernel_grad_matmuls_against_a_loop(kernel, block_elements):
     # Slow and obviously correct: dW[i, j, c, d] = sum over b, oh, ow of
     # x_padded[b, oh * s + i, ow * s + j, c] * dy[b, oh, ow, d].
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
-    strides, padding = (2, 1), ((1, 2), (0, 1))
-    kh, kw = 3, 2
+    x = rng.normal(size=(2, 8, 7, 3)).astype(np.float32)
+    strides, padding = (2, 1), ((1, 2), (0, 1))  # 3x2 kernel: 5 x 7 outputs
+    kh, kw = kernel
     xp = np.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
     oh = (xp.shape[1] - kh) // strides[0] + 1
     ow = (xp.shape[2] - kw) // strides[1] + 1
@@ -75,7 +84,12 @@ def test_kernel_grad_matmuls_against_a_loop():
                     seen = xp[:, r * strides[0] + i, q * strides[1] + j]  # [B, C]
                     expected[i, j] += seen.T @ dy[:, r, q]
     got = conv.kernel_grad_matmuls(
-        jnp.asarray(x), jnp.asarray(dy), kernel_size=(kh, kw), strides=strides, padding=padding
+        jnp.asarray(x),
+        jnp.asarray(dy),
+        kernel_size=(kh, kw),
+        strides=strides,
+        padding=padding,
+        block_elements=block_elements,
     )
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 

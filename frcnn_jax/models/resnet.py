@@ -97,18 +97,25 @@ class MaskedGroupNorm(nn.Module):
             raise ValueError(f"GroupNorm: {c} channels are not divisible by {self.num_groups}")
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        groups = x.astype(jnp.float32).reshape(*x.shape[:-1], self.num_groups, c // self.num_groups)
-        axes = (1, 2, 4)  # [B, H, W, G, C / G]: one mean and variance per image and group
+        b, per_group = x.shape[0], c // self.num_groups
         if mask is None:
-            mean = groups.mean(axis=axes, keepdims=True)
-            var = jnp.square(groups - mean).mean(axis=axes, keepdims=True)
+            count = jnp.full((b, 1), x.shape[1] * x.shape[2] * per_group, jnp.float32)
         else:
-            weight = mask[..., None]  # [B, H, W, 1, 1]
-            count = jnp.maximum(weight.sum(axis=(1, 2), keepdims=True) * groups.shape[-1], 1.0)
-            mean = (groups * weight).sum(axis=axes, keepdims=True) / count
-            var = (jnp.square(groups - mean) * weight).sum(axis=axes, keepdims=True) / count
-        y = ((groups - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(x.shape)
-        y = y * scale + bias
+            count = jnp.maximum(mask.sum(axis=(1, 2, 3))[:, None] * per_group, 1.0)  # [B, 1]
+
+        def group_mean(v):
+            # The mean over each image's (unmasked) cells and its group's channels, as [B, 1,
+            # 1, C]: summed over H, W with the channels as the minor axis first (one pass that
+            # XLA:CPU vectorises; reducing a [B, H, W, G, C / G] view over (1, 2, 4) ran the
+            # whole train step of configs/custom.py 4% slower), then over each group's channels.
+            sums = (v if mask is None else v * mask).sum(axis=(1, 2))  # [B, C]
+            means = sums.reshape(b, self.num_groups, per_group).sum(-1) / count  # [B, G]
+            return jnp.repeat(means, per_group, axis=1)[:, None, None, :]
+
+        xf = x.astype(jnp.float32)
+        centred = xf - group_mean(xf)
+        var = group_mean(jnp.square(centred))  # two passes: no E[x^2] - E[x]^2 cancellation
+        y = centred * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
         if mask is not None:
             y = y * mask
         return y.astype(self.dtype)
