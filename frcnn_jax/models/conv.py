@@ -186,7 +186,9 @@ def kernel_grad_matmuls(
         xs = lax.dynamic_slice_in_dim(xp, r * rows * sh, window, axis=1)
         taps = [
             lax.slice(
-                xs, (0, i, j, 0), (b, i + sh * (rows - 1) + 1, j + sw * (ow - 1) + 1, c),
+                xs,
+                (0, i, j, 0),
+                (b, i + sh * (rows - 1) + 1, j + sw * (ow - 1) + 1, c),
                 (1, sh, sw, 1),
             )
             for i in range(kh)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_collections
 
 from frcnn_jax.models.build import check_model_config
-from frcnn_jax.training.optim import SCHEDULES
+from frcnn_jax.training.optim import DEFAULT_SCHEDULE, SCHEDULES
 
 _DATA_SOURCES = ("synthetic", "tfds", "voc_dir", "coco_json")
 _POSITIVE_INTS = (
@@ -34,7 +34,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{name} must be > 0, got {value!r}")
     if any(float(e) <= 0 for e in config.get("lr_decay_epochs") or ()):
         raise ValueError(f"config.lr_decay_epochs must be positive, got {config.lr_decay_epochs}")
-    if config.get("lr_schedule", "step") not in SCHEDULES:
+    if config.get("lr_schedule", DEFAULT_SCHEDULE) not in SCHEDULES:
         raise ValueError(f"config.lr_schedule={config.lr_schedule!r}; choose one of {SCHEDULES}")
     check_model_config(config.model)
     if config.data.name not in _DATA_SOURCES:

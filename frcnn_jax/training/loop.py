@@ -17,7 +17,7 @@ from frcnn_jax import distributed, preemption
 from frcnn_jax import workdir as workdir_lib
 from frcnn_jax.evaluation import run as eval_run
 from frcnn_jax.models import build_model, init_variables
-from frcnn_jax.training import anchor_setup, sharding
+from frcnn_jax.training import anchor_setup, optim, sharding
 from frcnn_jax.training import schedule as schedule_lib
 from frcnn_jax.training.config_checks import validate_config
 from frcnn_jax.training.monitor import MetricWindow
@@ -170,7 +170,7 @@ def with_step_schedule(config: ml_collections.ConfigDict) -> ml_collections.Conf
 
 def _decay_text(config: ml_collections.ConfigDict) -> str:
     """How the learning rate decays, for the schedule's log line."""
-    if config.get("lr_schedule", "step") == "cosine":
+    if config.get("lr_schedule", optim.DEFAULT_SCHEDULE) == "cosine":
         return f"lr cosine to ~0 at step {config.num_train_steps}"
     return f"lr x0.1 at steps {tuple(config.lr_decay_steps)}"
 

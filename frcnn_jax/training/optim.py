@@ -30,6 +30,7 @@ def scaled_learning_rate(learning_rate: float, batch_size: int, reference_batch_
 
 
 SCHEDULES = ("step", "cosine")
+DEFAULT_SCHEDULE = "step"  # config.lr_schedule of a config that does not set it
 
 
 def learning_rate_schedule(
@@ -39,7 +40,7 @@ def learning_rate_schedule(
     decay_steps: Sequence[int],
     decay_factor: float = 0.1,
     warmup_factor: float = 1.0 / 3.0,
-    kind: str = "step",
+    kind: str = DEFAULT_SCHEDULE,
     total_steps: int | None = None,
 ) -> optax.Schedule:
     """Linear warmup from ``warmup_factor * base_lr``, then the decay ``kind``.

@@ -52,7 +52,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: FasterRCNN, var
         base_lr=base_lr,
         warmup_steps=config.warmup_steps,
         decay_steps=config.lr_decay_steps,
-        kind=config.get("lr_schedule", "step"),
+        kind=config.get("lr_schedule", optim.DEFAULT_SCHEDULE),
         total_steps=config.num_train_steps,
     )
     tx = optim.make_optimizer(
