@@ -31,9 +31,12 @@ resized image (ones keep small proposals of an enlarged image that the Detector 
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
 import ml_collections
+from jax import export
 
 from frcnn_jax.data import pipeline
 from frcnn_jax.models.faster_rcnn import FasterRCNN
@@ -43,6 +46,31 @@ SCALES_NAME = "scales"
 INPUT_NAMES = (INPUT_NAME, SCALES_NAME)  # the order of the exported function's arguments
 OUTPUT_NAMES = ("boxes", "classes", "scores", "valid")
 OUTPUT_DTYPES = {"boxes": jnp.float32, "classes": jnp.int32, "scores": jnp.float32, "valid": bool}
+BATCH_DIMENSION = "batch"  # the symbolic batch dimension of an export with any batch size
+
+
+def image_spec(image_size: Sequence[int], batch_size: int | None) -> jax.ShapeDtypeStruct:
+    """uint8 ``[B, H, W, 3]``; B symbolic (named ``BATCH_DIMENSION``) when batch_size is None."""
+    height, width = (int(s) for s in image_size)
+    if batch_size is None:
+        (batch,) = export.symbolic_shape(BATCH_DIMENSION)
+    elif batch_size >= 1:
+        batch = int(batch_size)
+    else:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+    return jax.ShapeDtypeStruct((batch, height, width, 3), jnp.uint8)
+
+
+def input_specs(
+    image_size: Sequence[int], batch_size: int | None
+) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
+    """(images uint8 ``[B, H, W, 3]``, scales float32 ``[B, 2]``): ``image_spec`` and its scales.
+
+    Both share one B: ``jax.export`` rejects symbolic dimensions from two ``symbolic_shape``
+    calls ("Invalid mixing of symbolic scopes").
+    """
+    images = image_spec(image_size, batch_size)
+    return images, jax.ShapeDtypeStruct((images.shape[0], 2), jnp.float32)
 
 
 def image_sizes_from_padding(images: jnp.ndarray) -> jnp.ndarray:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 
-from frcnn_jax.export import rewrite, stablehlo
+from frcnn_jax.export import inference, rewrite
 from frcnn_jax.export.inference import INPUT_NAMES, OUTPUT_NAMES
 
 DEFAULT_OPSET = 21
@@ -85,7 +85,7 @@ def save(
 
     if batch_size < 1:
         raise ValueError(f"ONNX export needs a fixed batch_size >= 1, got {batch_size}")
-    specs = stablehlo.input_specs(image_size, int(batch_size))
+    specs = inference.input_specs(image_size, int(batch_size))
     closed = convertible_jaxpr(fn, *specs)
 
     def evaluate(images, scales):

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.compiler.tf2xla.python import xla as tfxla
 
-from frcnn_jax.export import rewrite, stablehlo
+from frcnn_jax.export import inference, rewrite, stablehlo
 from frcnn_jax.export.inference import INPUT_NAME, SCALES_NAME
 
 # The StableHLO version the module is serialised for: old enough for TensorFlow >= 2.20
@@ -61,7 +61,7 @@ def save(
     exported = stablehlo.export_fn(
         apply_fn,
         variable_specs,
-        *stablehlo.input_specs(image_size, batch_size),
+        *inference.input_specs(image_size, batch_size),
         rules=rewrite.TENSORFLOW_RULES,
     )
     module = jax.extend.mlir.serialize_portable_artifact(

@@ -14,39 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 from jax import export
 
 from frcnn_jax.export import rewrite
+from frcnn_jax.export.inference import input_specs
 
 # Lowered for both, so one artifact serves on a CPU or an NVIDIA GPU; the consumer picks its
 # platform when it compiles.
 DEFAULT_PLATFORMS = ("cpu", "cuda")
-BATCH_DIMENSION = "batch"
-
-
-def image_spec(image_size: Sequence[int], batch_size: int | None) -> jax.ShapeDtypeStruct:
-    """uint8 ``[B, H, W, 3]``; B symbolic (named ``BATCH_DIMENSION``) when batch_size is None."""
-    height, width = (int(s) for s in image_size)
-    if batch_size is None:
-        (batch,) = export.symbolic_shape(BATCH_DIMENSION)
-    elif batch_size >= 1:
-        batch = int(batch_size)
-    else:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-    return jax.ShapeDtypeStruct((batch, height, width, 3), jnp.uint8)
-
-
-def input_specs(
-    image_size: Sequence[int], batch_size: int | None
-) -> tuple[jax.ShapeDtypeStruct, jax.ShapeDtypeStruct]:
-    """(images uint8 ``[B, H, W, 3]``, scales float32 ``[B, 2]``): ``image_spec`` and its scales.
-
-    Both share one B: ``jax.export`` rejects symbolic dimensions from two ``symbolic_shape``
-    calls ("Invalid mixing of symbolic scopes").
-    """
-    images = image_spec(image_size, batch_size)
-    return images, jax.ShapeDtypeStruct((images.shape[0], 2), jnp.float32)
 
 
 def export_fn(
