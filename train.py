@@ -14,9 +14,14 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from frcnn_jax import cli, logs, preemption
-from frcnn_jax.data import DataError
-from frcnn_jax.training import loop
+from frcnn_jax import host_memory
+
+if __name__ == "__main__":  # before JAX and TensorFlow start their threads (host_memory.py)
+    MALLOC_TUNED = host_memory.tune_malloc(default=False)
+
+from frcnn_jax import cli, logs, preemption  # noqa: E402
+from frcnn_jax.data import DataError  # noqa: E402
+from frcnn_jax.training import loop  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/synthetic.py", "Training configuration file.")
