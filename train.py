@@ -16,8 +16,8 @@ from ml_collections import config_flags
 
 from frcnn_jax import host_memory
 
-if __name__ == "__main__":  # before JAX and TensorFlow start their threads (host_memory.py)
-    MALLOC_TUNED = host_memory.tune_malloc(default=False)
+if __name__ == "__main__":  # before JAX and TensorFlow start their threads: faster CPU training
+    host_memory.tune_malloc()  # (host_memory.py; FRCNN_JAX_TUNE_MALLOC=0 turns it off)
 
 from frcnn_jax import cli, logs, preemption  # noqa: E402
 from frcnn_jax.data import DataError  # noqa: E402

@@ -7,9 +7,11 @@ kernel: measured 330k minor faults and 0.7-0.85 s of system time per VGG16 forwa
 at 608x1024 on 2 cores (3.28 s a forward). With one malloc arena, no ``mmap`` for
 large blocks and no trimming of the heap, freed pages stay mapped and the next step
 reuses them: 0 faults, 2.84 s; the whole detector's inference went from 3.80 to
-3.35 s an image at the same peak RSS (benchmarks/RESULTS.md). Training gains less
-(~6%) and its peak RSS doubled (3.4 -> 6.6 GiB for the VGG16 step: the heap cannot
-return fragmented blocks), so only inference programs tune by default.
+3.35 s an image at the same peak RSS (benchmarks/RESULTS.md). Training gains too:
+configs/custom.py's 26% (6.3 against 5.0 images/s; 19 s of system time in 1.5 epochs
+against 69 s) for 25% more peak RSS (3.3 against 2.6 GiB), VGG16's ~6% for twice the peak
+RSS (3.4 -> 6.6 GiB: the heap cannot return fragmented blocks). train.py, eval.py and
+predict tune by default; the benchmarks only where they measure inference.
 
 Nothing here imports JAX: call :func:`tune_malloc` first thing in a program, before
 JAX or TensorFlow start their threads (eval.py, ``python -m frcnn_jax.predict`` and
@@ -61,7 +63,7 @@ def tune_malloc(*, default: bool = True, force: bool | None = None) -> bool:
     """Sets glibc malloc to keep freed memory (one arena, no mmap, no trim); True if applied.
 
     ``default``: whether to tune on a CPU-only host when ``FRCNN_JAX_TUNE_MALLOC`` is
-    unset (inference programs: True; training: False). ``force`` True or False overrides
+    unset. ``force`` True or False overrides
     the variable, ``default`` and the accelerator check. Does nothing (False) off Linux
     or without glibc's ``mallopt``.
     """
