@@ -29,13 +29,14 @@ What it is, and why (each line a config field below):
   number of training images and batch_size, logged at start.
 
 Measured on the harder shapes benchmark (benchmarks/make_hard_dataset.py, 600 trainval / 200
-test images nobody tuned on, seed 2; benchmarks/RESULTS.md): these defaults (AdamW, 10 epochs
-at 256 px) took 18 minutes on 2 CPU cores and reached VOC07 mAP 0.76 (COCO AP 0.56), where the
-previous ones took 15 minutes for 0.44 (SGD, 8 epochs) and 22.5 minutes for 0.36 (SGD, 5.5
+test images nobody tuned on, seed 2; benchmarks/RESULTS.md): these defaults (AdamW, 11 epochs
+at 256 px) took 18 minutes on 2 CPU cores and reached VOC07 mAP 0.75 (COCO AP 0.57), where
+earlier ones took 15 minutes for 0.44 (SGD, 8 epochs) and 22.5 minutes for 0.36 (SGD, 5.5
 epochs at 320 px). From scratch, this recipe is limited by the epochs a CPU affords: what is
-left is mostly rectangles taken for ellipses and crosses for stars, and back (0.69-0.75 AP).
-Twice the epochs (--config.num_epochs=20 --config.lr_decay_epochs='(16,)', ~35 minutes)
-reached 0.84 on the benchmark's tuning copy, against 0.72 for these defaults.
+left is mostly rectangles taken for ellipses and crosses for stars, and back (0.68-0.76 AP).
+On the benchmark's tuning copy, 10 epochs reached 0.72, 12 epochs (--config.num_epochs=12
+--config.lr_decay_epochs='(10,)') 0.79 and 20 (--config.num_epochs=20
+--config.lr_decay_epochs='(16,)', about 30 minutes at the current speed) 0.84.
 
 On a GPU: raise the input size (--config.data.min_size=600 --config.data.max_size=1000), the
 batch (--config.batch_size=16; the learning rate follows linearly), the widths
