@@ -204,7 +204,8 @@ def categorize(inst: Instruction, opcode: str) -> str:
     if opcode == "convolution" or _CONV_FILE in files:
         # XLA:CPU turns 1x1 convolutions into dots. conv.py's backward rule computes the kernel
         # gradient under lax.platform_dependent (a "cond" in the JAX name: on CPU, the scan of
-        # matmuls per tap with its pads and slices) and the input gradient outside it.
+        # im2col matmuls over blocks of rows, with its pads and slices) and the input gradient
+        # outside it.
         if not backward:
             return "conv forward"
         return "conv kernel gradient" if "/cond/" in inst.op_name else "conv input gradient"
