@@ -36,7 +36,7 @@ epochs at 320 px). From scratch, this recipe is limited by the epochs a CPU affo
 left is mostly rectangles taken for ellipses and crosses for stars, and back (0.68-0.76 AP).
 On the benchmark's tuning copy, 10 epochs reached 0.72, 12 epochs (--config.num_epochs=12
 --config.lr_decay_epochs='(10,)') 0.79 and 20 (--config.num_epochs=20
---config.lr_decay_epochs='(16,)', about 30 minutes at the current speed) 0.84.
+--config.lr_decay_epochs='(16,)'; about 30 minutes at the current speed, an estimate) 0.84.
 
 On a GPU: raise the input size (--config.data.min_size=600 --config.data.max_size=1000), the
 batch (--config.batch_size=16; the learning rate follows linearly), the widths
