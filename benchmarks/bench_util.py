@@ -18,9 +18,10 @@ if REPO_ROOT not in sys.path:
 
 from frcnn_jax import host_memory  # noqa: E402
 
-# Before JAX starts its threads, with the defaults of the programs measured: eval.py and predict
-# tune (inference), train.py does not. FRCNN_JAX_TUNE_MALLOC=0/1 overrides; see host_memory.py.
-MALLOC_TUNED = host_memory.tune_malloc(default=os.path.basename(sys.argv[0]) == "infer_bench.py")
+# Before JAX starts its threads, with the default of the programs measured: train.py, eval.py
+# and predict all tune on a CPU-only host (torchvision's subprocess gets the same settings).
+# FRCNN_JAX_TUNE_MALLOC=0/1 overrides; see host_memory.py.
+MALLOC_TUNED = host_memory.tune_malloc()
 
 import bench_lib  # noqa: E402
 from absl import flags  # noqa: E402

@@ -147,6 +147,70 @@ def test_export_benchmark_prints_a_row_per_format(tmp_path):
         assert f"markdown: | {name} | " in out, out
 
 
+def test_step_ab_times_each_variant_and_compares_with_the_first(tmp_path):
+    out = run_benchmark(
+        tmp_path, "step_ab.py", "--batch_size=2", "--image_size=64", "--rounds=2",
+        "--per_round=2", "--variant=base:", "--variant=wide:model.roi.hidden=(64, 64)",
+    )  # fmt: skip
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.removeprefix("markdown:").strip().strip("|").split("|")]
+        if line.startswith("markdown: |") and cells[0] in ("base", "wide"):
+            rows[cells[0]] = [float(c) for c in cells[1:]]
+    assert set(rows) == {"base", "wide"}, out
+    assert rows["base"][4] == 1.0, out  # the first variant is the reference
+    for compile_s, median, fastest, images, speed in rows.values():
+        assert compile_s > 0 and 0 < fastest <= median, out
+        assert images == pytest.approx(2 / (median / 1e3), rel=0.01), out
+    assert rows["wide"][4] == pytest.approx(rows["base"][1] / rows["wide"][1], rel=0.01), out
+    # 2 rounds x (2 steps - 1 untimed)
+    assert ", 2 steps)" in out.split("wide: median", 1)[1].splitlines()[0], out
+
+
+@pytest.mark.parametrize(
+    "variant, message",
+    [
+        ("wide:model.roi.hiden=(64, 64)", "unknown config field 'model.roi.hiden'"),
+        ("wide", "expected NAME:KEY=VALUE"),
+        ("wide:model.roi.hidden", "is not KEY=VALUE"),
+    ],
+)
+def test_step_ab_names_a_bad_variant(tmp_path, variant, message):
+    config = tmp_path / "tiny_bench_config.py"
+    config.write_text(TINY_CONFIG)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "step_ab.py"), f"--config={config}",
+         "--variant=base:", f"--variant={variant}"],
+        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_loop_free_flops_count_every_pass_of_a_convolution():
+    # On CPU the kernel gradient is a scan over blocks of rows, whose body XLA's cost analysis
+    # counts once; the CUDA lowering that the benchmarks count instead has no such loop.
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import bench_lib
+    import jax
+    import jax.numpy as jnp
+
+    from frcnn_jax.models import conv
+
+    x, w = jnp.ones((2, 64, 64, 16)), jnp.ones((3, 3, 16, 32))  # 5 blocks of rows on CPU
+
+    def loss(x, w):
+        nhwc = ("NHWC", "HWIO", "NHWC")
+        y = conv.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=nhwc)
+        return (y * y).sum()  # (a plain sum's gradient would not need the forward pass)
+
+    one_pass = 2 * (2 * 64 * 64) * 16 * 32 * 9  # multiply-adds of the forward, as FLOPs
+    forward = bench_lib.loop_free_flops(jax.jit(loss).trace(x, w))
+    both = bench_lib.loop_free_flops(jax.jit(jax.grad(loss, argnums=(0, 1))).trace(x, w))
+    assert forward == pytest.approx(one_pass, rel=0.02)
+    assert both == pytest.approx(3 * one_pass, rel=0.02)  # forward, input and kernel gradients
+
+
 def test_step_profile_attributes_the_train_step(tmp_path):
     # Every part of the step shows up in its own category: the attribution reads each
     # executed instruction's JAX name and Python stack from the compiled module.
