@@ -154,6 +154,32 @@ def test_portrait_image_uses_portrait_bucket():
     np.testing.assert_array_equal(out["gt_boxes"][0], [10, 5, 40, 25])
 
 
+def test_preprocess_image_alone_resizes_and_pads_as_evaluation():
+    # 64 x 32 with min_size 32, max_size 64: scale 1 (32 / 32; 64 * 1 <= 64). The 32-row bucket
+    # cannot hold 64 rows, so (64, 64): the image at the top left, zeros to its right.
+    image = np.random.default_rng(0).integers(1, 256, (64, 32, 3), dtype=np.uint8)
+    images, sizes, scales = pipeline.preprocess_image(
+        tf.constant(image), min_size=32, max_size=64, buckets=[(32, 64), (64, 64)]
+    )
+    assert images.shape == (64, 64, 3)
+    np.testing.assert_array_equal(images.numpy()[:, :32], image)
+    assert not images.numpy()[:, 32:].any()
+    assert sizes.numpy().tolist() == [64, 32] and scales.numpy().tolist() == [1.0, 1.0]
+    # The same image in a training example without flip gives the same pixels and sizes.
+    example = {
+        "image": tf.constant(image),
+        "image_id": tf.constant("a"),
+        "gt_boxes": tf.constant([[0.0, 0.0, 10.0, 10.0]]),
+        "gt_classes": tf.constant([1]),
+        "gt_difficult": tf.constant([False]),
+    }
+    out = pipeline.preprocess(
+        example, flip=tf.constant(False), min_size=32, max_size=64, max_boxes=2,
+        buckets=[(32, 64), (64, 64)], exclude_difficult=False,
+    )  # fmt: skip
+    np.testing.assert_array_equal(out["images"].numpy(), images.numpy())
+
+
 def test_degenerate_boxes_dropped_and_max_boxes_truncates():
     boxes = [
         [10, 10, 10, 20],  # zero height: dropped

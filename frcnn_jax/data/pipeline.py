@@ -191,6 +191,32 @@ def preprocess(
     }
 
 
+def preprocess_image(image, *, min_size: int, max_size: int, buckets: Sequence[tuple[int, int]]):
+    """``preprocess`` of an image alone (no boxes, no flip), as evaluation and serving see it.
+
+    Returns (images uint8 [Hb, Wb, 3], image_sizes int32 [2], scales float32 [2]) for the
+    smallest-area bucket that holds the resized image. The Detector and the export's
+    ``prepare_image`` both call this, so a served image goes through evaluation's resize.
+    """
+    example = {
+        "image": image,
+        "image_id": tf.constant(""),
+        "gt_boxes": tf.zeros([0, 4], tf.float32),
+        "gt_classes": tf.zeros([0], tf.int32),
+        "gt_difficult": tf.zeros([0], tf.bool),
+    }
+    out = preprocess(
+        example,
+        flip=tf.constant(False),
+        min_size=min_size,
+        max_size=max_size,
+        max_boxes=1,
+        buckets=buckets,
+        exclude_difficult=False,
+    )
+    return out["images"], out["image_sizes"], out["scales"]
+
+
 def _fill_batch(batch, batch_size):
     """Pads a partial batch on axis 0 to batch_size with padding examples (module docstring)."""
     missing = batch_size - tf.shape(batch["images"])[0]

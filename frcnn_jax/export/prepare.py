@@ -60,8 +60,11 @@ def prepare_image(
             f"an image of {image.shape[:2]} is resized to {resized} (min_size={min_size}, "
             f"max_size={max_size}), larger than the exported size {(height, width)}"
         )
-    padded, scales = _preprocess(
-        tf.convert_to_tensor(image), (height, width), min_size=int(min_size), max_size=int(max_size)
+    padded, _, scales = pipeline.preprocess_image(
+        tf.convert_to_tensor(image),
+        min_size=int(min_size),
+        max_size=int(max_size),
+        buckets=[(height, width)],
     )
     return PreparedImage(
         image=padded.numpy(),
@@ -91,24 +94,3 @@ def to_original_pixels(boxes: np.ndarray, prepared: PreparedImage) -> np.ndarray
     factors = np.concatenate([prepared.scales, prepared.scales]).astype(np.float32)
     limits = np.array(prepared.original_size * 2, np.float32)
     return np.clip(np.asarray(boxes, np.float32) / factors, 0.0, limits)
-
-
-def _preprocess(image, image_size, *, min_size: int, max_size: int):
-    """The pipeline's ``preprocess`` (no flip, no boxes) with ``image_size`` as the one bucket."""
-    example = {
-        "image": image,
-        "image_id": tf.constant(""),
-        "gt_boxes": tf.zeros([0, 4], tf.float32),
-        "gt_classes": tf.zeros([0], tf.int32),
-        "gt_difficult": tf.zeros([0], tf.bool),
-    }
-    out = pipeline.preprocess(
-        example,
-        flip=tf.constant(False),
-        min_size=min_size,
-        max_size=max_size,
-        max_boxes=1,
-        buckets=[tuple(image_size)],
-        exclude_difficult=False,
-    )
-    return out["images"], out["scales"]

@@ -277,22 +277,8 @@ def _make_preprocess_fn(*, min_size: int, max_size: int, buckets):
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
     def preprocess(image):
-        example = {
-            "image": image,
-            "image_id": tf.constant(""),
-            "gt_boxes": tf.zeros([0, 4], tf.float32),
-            "gt_classes": tf.zeros([0], tf.int32),
-            "gt_difficult": tf.zeros([0], tf.bool),
-        }
-        out = pipeline.preprocess(
-            example,
-            flip=tf.constant(False),
-            min_size=min_size,
-            max_size=max_size,
-            max_boxes=1,
-            buckets=buckets,
-            exclude_difficult=False,
+        return pipeline.preprocess_image(
+            image, min_size=min_size, max_size=max_size, buckets=buckets
         )
-        return out["images"], out["image_sizes"], out["scales"]
 
     return preprocess
