@@ -24,7 +24,7 @@ from frcnn_jax import host_memory  # noqa: E402
 MALLOC_TUNED = host_memory.tune_malloc()
 
 import bench_lib  # noqa: E402
-from absl import flags  # noqa: E402
+from absl import app, flags  # noqa: E402
 from bench_lib import device_description, gib, mfu, versions  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -44,6 +44,19 @@ flags.DEFINE_string(
     "and numpy, so a separate environment can hold a torchvision whose compiled ops load.",
 )
 flags.mark_flag_as_required("config")
+
+
+def train_config(argv) -> tuple:
+    """(--config with --batch_size applied, image size) for a training benchmark's main.
+
+    Raises app.UsageError for arguments that are not flags.
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = FLAGS.config
+    if FLAGS.batch_size:
+        config.batch_size = FLAGS.batch_size
+    return config, image_size(config)
 
 
 def image_size(config) -> tuple[int, int]:

@@ -90,9 +90,7 @@ def compile_variant(config, size: tuple[int, int]) -> dict:
     """Model, state, batches and the compiled step of one variant."""
     model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     key = jax.random.key(0)
-    state = bench_models.create_train_state(
-        config, model, bench_models.init_variables(model, key)
-    )
+    state = bench_models.create_train_state(config, model, bench_models.init_variables(model, key))
     host = bench_util.synthetic_batches(config, batch_size=config.batch_size, size=size)
     batches = [jax.device_put(b) for b in host]
     start = time.perf_counter()
@@ -120,16 +118,11 @@ def run_round(variant: dict, *, steps: int, first_step: int) -> None:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    base, size = bench_util.train_config(argv)
     if not FLAGS.variant or len(FLAGS.variant) < 2:
         raise app.UsageError("give at least two --variant=NAME:KEY=VALUE;... flags")
     if FLAGS.per_round < 2 or FLAGS.rounds < 1:
         raise app.UsageError("--per_round must be at least 2 and --rounds at least 1")
-    base = FLAGS.config
-    if FLAGS.batch_size:
-        base.batch_size = FLAGS.batch_size
-    size = bench_util.image_size(base)
     configs = {}
     for spec in FLAGS.variant:
         try:

@@ -72,12 +72,7 @@ def compiled_program(config, model, host_batch: dict):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = FLAGS.config
-    if FLAGS.batch_size:
-        config.batch_size = FLAGS.batch_size
-    size = bench_util.image_size(config)
+    config, size = bench_util.train_config(argv)
     model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     host_batch = bench_util.synthetic_batches(config, batch_size=config.batch_size, size=size)[0]
     print(

@@ -159,7 +159,7 @@ def test_step_ab_times_each_variant_and_compares_with_the_first(tmp_path):
             rows[cells[0]] = [float(c) for c in cells[1:]]
     assert set(rows) == {"base", "wide"}, out
     assert rows["base"][4] == 1.0, out  # the first variant is the reference
-    for compile_s, median, fastest, images, speed in rows.values():
+    for compile_s, median, fastest, images, _ in rows.values():
         assert compile_s > 0 and 0 < fastest <= median, out
         assert images == pytest.approx(2 / (median / 1e3), rel=0.01), out
     assert rows["wide"][4] == pytest.approx(rows["base"][1] / rows["wide"][1], rel=0.01), out
