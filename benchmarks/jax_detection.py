@@ -38,11 +38,11 @@ def run_train(
     keys = [jax.random.fold_in(root, i) for i in range(warmup + 2 * steps)]
 
     start = time.perf_counter()
-    compiled = step_fn.lower(state, batches[0], keys[0]).compile()
+    traced = step_fn.trace(state, batches[0], keys[0])
+    compiled = traced.lower().compile()
     compile_s = time.perf_counter() - start
     flops = None
     if jax.default_backend() == "cpu":  # the CPU program's scans hide FLOPs from XLA's count
-        traced = step_fn.trace(state, batches[0], keys[0])
         flops = (bench_lib.loop_free_flops(traced), "XLA cost analysis of the CUDA lowering")
     holder = {"state": state}
 

@@ -9,9 +9,10 @@ large blocks and no trimming of the heap, freed pages stay mapped and the next s
 reuses them: 0 faults, 2.84 s; the whole detector's inference went from 3.80 to
 3.35 s an image at the same peak RSS (benchmarks/RESULTS.md). Training gains too:
 configs/custom.py's 26% (6.3 against 5.0 images/s; 19 s of system time in 1.5 epochs
-against 69 s) for 25% more peak RSS (3.1 against 2.5 GiB), VGG16's ~6% for twice the peak
-RSS (3.4 -> 6.6 GiB: the heap cannot return fragmented blocks). train.py, eval.py and
-predict tune by default; the benchmarks only where they measure inference.
+against 69 s) for 25% more peak RSS (3.1 against 2.5 GiB); VGG16's 600x1000 step nothing
+measurable, for 4.6 -> 7.6 GiB of peak RSS (the heap cannot return fragmented blocks).
+train.py, eval.py, predict and the benchmarks (train_bench.py, infer_bench.py) tune by
+default.
 
 Nothing here imports JAX: call :func:`tune_malloc` first thing in a program, before
 JAX or TensorFlow start their threads (eval.py, ``python -m frcnn_jax.predict`` and
