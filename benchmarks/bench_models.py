@@ -64,13 +64,15 @@ def abstract_batch(*, batch_size: int, height: int, width: int, max_boxes: int) 
     }
 
 
-def jit_train_step(*, platform: str | None = None):
+def jit_train_step(*, platform: str | None = None, extra_options: dict[str, str] | None = None):
     """``train_step(state, batch, key) -> (state, metrics)`` jitted on one device, state donated.
 
-    ``platform`` ("cpu", "gpu"; default: JAX's default backend) picks the compiler options.
+    ``platform`` ("cpu", "gpu"; default: JAX's default backend) picks the compiler options;
+    ``extra_options`` are set on top of them (step_ab.py's ``xla.`` variants).
     """
     platform = platform or jax.default_backend()
-    return jax.jit(train_step, donate_argnums=0, compiler_options=conv.compiler_options(platform))
+    options = {**(conv.compiler_options(platform) or {}), **(extra_options or {})} or None
+    return jax.jit(train_step, donate_argnums=0, compiler_options=options)
 
 
 def jit_mesh_train_step():

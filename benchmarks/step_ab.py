@@ -14,10 +14,13 @@ to the first variant, as text and Markdown rows.
 
 ``--variant=NAME:KEY=VALUE;KEY=VALUE`` (repeatable; ``NAME:`` for the config as it is): KEY is
 a dotted config field (``model.rpn.channels``), VALUE a Python literal (``(32, 64)``, ``1e-4``,
-``True``), else a string. An unknown field is an error naming it. ``--config.*`` flags change
-every variant. Batches: bench_util's synthetic images and boxes of one shape, on one device,
-as train_bench.py (so a variant that changes the data pipeline measures nothing here). For
-code changes rather than config changes, run the script from two checkouts instead.
+``True``), else a string. An unknown field is an error naming it. A KEY ``xla.FLAG`` sets an
+XLA compiler option for that variant's step instead (``xla.xla_cpu_experimental_ynn_fusion_type=``
+``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``; the VALUE as a string), on top of the options every
+program of ours gets (``conv.compiler_options``). ``--config.*`` flags change every variant.
+Batches: bench_util's synthetic images and boxes of one shape, on one device, as
+train_bench.py (so a variant that changes the data pipeline measures nothing here). For code
+changes rather than config changes, run the script from two checkouts instead.
 """
 
 from __future__ import annotations
@@ -44,8 +47,12 @@ flags.DEFINE_integer("rounds", 10, "Rounds; each runs --per_round steps of every
 flags.DEFINE_integer("per_round", 3, "Steps of a variant per round; the first is not timed.")
 
 
+XLA_PREFIX = "xla."  # a variant's KEY with it names a compiler option, not a config field
+
+
 def parse_variant(spec: str) -> tuple[str, dict[str, object]]:
-    """``"NAME:KEY=VALUE;KEY=VALUE"`` -> (NAME, {KEY: value}); values as Python literals."""
+    """``"NAME:KEY=VALUE;KEY=VALUE"`` -> (NAME, {KEY: value}); values as Python literals,
+    except for ``xla.`` keys (compiler options: strings as written)."""
     name, sep, rest = spec.partition(":")
     if not sep or not name.strip():
         raise ValueError(f"--variant={spec!r}: expected NAME:KEY=VALUE;... (or NAME: alone)")
@@ -54,10 +61,13 @@ def parse_variant(spec: str) -> tuple[str, dict[str, object]]:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--variant={spec!r}: {item!r} is not KEY=VALUE")
-        try:
-            value = ast.literal_eval(text.strip())
-        except (ValueError, SyntaxError):
+        if key.strip().startswith(XLA_PREFIX):
             value = text.strip()
+        else:
+            try:
+                value = ast.literal_eval(text.strip())
+            except (ValueError, SyntaxError):
+                value = text.strip()
         overrides[key.strip()] = value
     return name.strip(), overrides
 
@@ -86,15 +96,30 @@ def apply_overrides(
     return config
 
 
-def compile_variant(config, size: tuple[int, int]) -> dict:
-    """Model, state, batches and the compiled step of one variant."""
+def split_overrides(overrides: dict[str, object]) -> tuple[dict[str, object], dict[str, str]]:
+    """(config overrides, XLA compiler options) of a parsed variant."""
+    options = {
+        k[len(XLA_PREFIX) :]: str(v) for k, v in overrides.items() if k.startswith(XLA_PREFIX)
+    }
+    fields = {k: v for k, v in overrides.items() if not k.startswith(XLA_PREFIX)}
+    if any(not name for name in options):
+        raise ValueError("an xla. key needs an option name: xla.FLAG=VALUE")
+    return fields, options
+
+
+def compile_variant(
+    config, size: tuple[int, int], xla_options: dict[str, str] | None = None
+) -> dict:
+    """Model, state, batches and the compiled step of one variant (with ``xla_options`` on top
+    of our programs' compiler options)."""
     model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     key = jax.random.key(0)
     state = bench_models.create_train_state(config, model, bench_models.init_variables(model, key))
     host = bench_util.synthetic_batches(config, batch_size=config.batch_size, size=size)
     batches = [jax.device_put(b) for b in host]
     start = time.perf_counter()
-    step = bench_models.jit_train_step().lower(state, batches[0], key).compile()
+    step = bench_models.jit_train_step(extra_options=xla_options).lower(state, batches[0], key)
+    step = step.compile()
     return {
         "step": step,
         "state": state,
@@ -123,11 +148,12 @@ def main(argv):
         raise app.UsageError("give at least two --variant=NAME:KEY=VALUE;... flags")
     if FLAGS.per_round < 2 or FLAGS.rounds < 1:
         raise app.UsageError("--per_round must be at least 2 and --rounds at least 1")
-    configs = {}
+    configs, options = {}, {}
     for spec in FLAGS.variant:
         try:
             name, overrides = parse_variant(spec)
-            configs[name] = apply_overrides(base, overrides)
+            fields, options[name] = split_overrides(overrides)
+            configs[name] = apply_overrides(base, fields)
         except (ValueError, TypeError) as e:  # TypeError: a value of the wrong type
             raise app.UsageError(str(e)) from e
     if len(configs) != len(FLAGS.variant):
@@ -137,7 +163,12 @@ def main(argv):
     print(f"host malloc tuned (frcnn_jax.host_memory): {bench_util.MALLOC_TUNED}")
     variants = {}
     for spec, (name, config) in zip(FLAGS.variant, configs.items(), strict=True):
-        variants[name] = compile_variant(config, size)
+        try:
+            variants[name] = compile_variant(config, size, options[name])
+        except Exception as e:  # XLA rejects an unknown option or value: say which variant
+            if not options[name]:
+                raise
+            raise app.UsageError(f"variant {name!r}: {str(e).splitlines()[0]}") from e
         print(f"{name}: compiled in {variants[name]['compile_s']:.1f} s  ({spec})", flush=True)
     for r in range(FLAGS.rounds):
         for variant in variants.values():

@@ -187,6 +187,43 @@ def test_step_ab_names_a_bad_variant(tmp_path, variant, message):
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
+def test_step_ab_xla_keys_are_compiler_options_as_written():
+    # In a subprocess: step_ab defines absl flags that other benchmark modules define too.
+    code = """
+import step_ab
+name, overrides = step_ab.parse_variant(
+    "v:model.rpn.channels=32;xla.xla_cpu_experimental_ynn_fusion_type=1e-4")
+fields, options = step_ab.split_overrides(overrides)
+assert name == "v" and fields == {"model.rpn.channels": 32}, fields
+assert options == {"xla_cpu_experimental_ynn_fusion_type": "1e-4"}, options  # not 1e-4 float
+try:
+    step_ab.split_overrides({"xla.": "x"})
+except ValueError as e:
+    assert "needs an option name" in str(e), e
+else:
+    raise AssertionError("xla. without a name was accepted")
+print("OK")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+        cwd=os.path.join(REPO_ROOT, "benchmarks"), env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )  # fmt: skip
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_step_ab_names_the_variant_whose_compiler_option_xla_rejects(tmp_path):
+    # The option reaches XLA's compiler, which rejects an unknown one: a one-line usage error.
+    config = tmp_path / "tiny_bench_config.py"
+    config.write_text(TINY_CONFIG)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "step_ab.py"), f"--config={config}",
+         "--variant=bad:xla.xla_cpu_no_such_option=1", "--variant=base:"],
+        capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode != 0 and "variant 'bad'" in proc.stderr, proc.stderr[-2000:]
+    assert "xla_cpu_no_such_option" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_loop_free_flops_count_every_pass_of_a_convolution():
     # On CPU the kernel gradient is a scan over blocks of rows, whose body XLA's cost analysis
     # counts once; the CUDA lowering that the benchmarks count instead has no such loop.

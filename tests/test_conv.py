@@ -159,9 +159,10 @@ def test_flax_conv_has_nn_conv_parameters():
     jax.tree.map(np.testing.assert_array_equal, ours, ref)
 
 
-def test_compiler_options_keep_convolutions_out_of_ynnpack():
+def test_compiler_options_keep_convolutions_out_of_ynnpack_and_give_it_the_dots():
     # XLA:CPU fuses this chain into YNNPACK by default (slower for our convolutions, see
-    # COMPILER_OPTIONS); with our options the convolutions stay XLA's.
+    # COMPILER_OPTIONS); with our options the convolutions stay XLA's, and a dense layer's
+    # dot (faster in YNNPACK) goes to YNNPACK on its own.
     layer = conv.Conv(64, (3, 3), padding=((1, 1), (1, 1)))
     x = jnp.ones((1, 64, 64, 64))
     variables = layer.init(jax.random.key(0), x)
@@ -175,3 +176,13 @@ def test_compiler_options_keep_convolutions_out_of_ynnpack():
     assert "ynn_fusion" in compiled_text()
     assert "ynn_fusion" not in compiled_text(compiler_options=conv.compiler_options("cpu"))
     assert conv.compiler_options("gpu") is None
+
+    rois, kernel = jnp.ones((30, 64)), jnp.ones((64, 32))
+    dense = jax.jit(lambda r, k: jax.nn.relu(r @ k), compiler_options=conv.compiler_options("cpu"))
+    fusions = [
+        line
+        for line in dense.lower(rois, kernel).compile().as_text().splitlines()
+        if "ynn_fusion = " in line
+    ]
+    assert len(fusions) == 1 and "dot_general" in fusions[0], fusions
+    np.testing.assert_allclose(dense(rois, kernel), np.full((30, 32), 64.0))

@@ -90,7 +90,12 @@ def conv_general_dilated(
 # XLA options for our jitted programs on CPU (train step, predict). XLA:CPU hands chains of
 # convolutions to YNNPACK as one fusion by default, which ran VGG16's forward at 608x1024 in
 # 3.27 s against 2.02 s with XLA's own convolutions (each layer then as fast as torch's oneDNN).
-COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# Single dots, on the other hand, run faster in YNNPACK than in XLA's own kernels where one
+# side is wide: VGG16's fc6 over 300 rois ([300, 25088] x [25088, 4096]) in 488 against 728 ms.
+# So YNNPACK gets each dot on its own and nothing else: VGG16's train step 1.12x, configs/
+# custom.py's 1.04-1.06x, ResNet-50-FPN's unchanged; individual convolutions (0.94x) and
+# elementwise fusions (0.85x) in YNNPACK were slower (benchmarks/step_ab.py, RESULTS.md).
+COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def compiler_options(platform: str) -> dict[str, str] | None:
