@@ -30,8 +30,8 @@ What it is, and why (each line a config field below):
 
 Measured on the harder shapes benchmark (benchmarks/make_hard_dataset.py, 600 trainval / 200
 test images nobody tuned on, seed 2; benchmarks/RESULTS.md): these defaults (AdamW, 12 epochs
-at 256 px) took 19.5 minutes on 2 CPU cores, 16.7 of them training (the rest: startup,
-compiling two padded shapes, evaluation), and reached VOC07 mAP 0.78 (COCO AP 0.60), where
+at 256 px) took 18.3 minutes on 2 CPU cores, 15.6 of them training (the rest: startup,
+compiling two padded shapes, evaluation), and reached VOC07 mAP 0.79 (COCO AP 0.62), where
 earlier ones took 18 minutes for 0.75 (11 epochs), 15 minutes for 0.44 (SGD, 8 epochs) and
 22.5 minutes for 0.36 (SGD, 5.5 epochs at 320 px). From scratch, this recipe is limited by
 the epochs a CPU affords: what is left is mostly rectangles taken for ellipses and crosses for
@@ -61,7 +61,7 @@ def get_config():
     config.learning_rate = 0.002
     config.reference_batch_size = 8
     config.weight_decay = 1e-4
-    # Sized for 20 minutes on 2 CPU cores with ~500 training images: ~6.2 images/s measured
+    # Sized for 20 minutes on 2 CPU cores with ~500 training images: ~6.6 images/s measured
     # at 256 px plus 2-3 minutes of startup, compilation and evaluation. Raise it when you can
     # wait longer: more epochs keep paying from scratch (see the module docstring).
     config.num_epochs = 12.0
