@@ -37,7 +37,7 @@ earlier ones took 18 minutes for 0.75 (11 epochs), 15 minutes for 0.44 (SGD, 8 e
 the epochs a CPU affords: what is left is mostly rectangles taken for ellipses and crosses for
 stars, and back (0.69-0.74 AP). On the benchmark's tuning copy, 10 epochs reached 0.72, 12
 (these defaults) 0.79 and 20 (--config.num_epochs=20 --config.lr_decay_epochs='(16,)'; about
-28 minutes of training at the current speed, an estimate) 0.84.
+26 minutes of training at the current speed, an estimate from 15.6 for 12 epochs) 0.84.
 
 On a GPU: raise the input size (--config.data.min_size=600 --config.data.max_size=1000), the
 batch (--config.batch_size=16; the learning rate follows linearly), the widths
