@@ -51,8 +51,13 @@ def main():
     mesh = sharding.make_mesh()
     step = sharding.jit_train_step(mesh)
     state = sharding.replicate(fresh_state(), mesh)
-    for i in range(2):
-        state, metrics = step(state, sharding.shard_batch(batch, mesh), jax.random.fold_in(key, i))
+    # The batches reach the mesh as in the training loop (one process, 8 local devices).
+    device_batches = data_lib.prefetch_to_device(
+        iter([batch, batch]), size=2, sharding=sharding.data_sharding(mesh)
+    )
+    for i, device_batch in enumerate(device_batches):
+        assert len(device_batch["images"].addressable_shards) == 8
+        state, metrics = step(state, device_batch, jax.random.fold_in(key, i))
         jax.block_until_ready(metrics)
     results["mesh"] = jax.device_get(state.params)
 

@@ -85,10 +85,14 @@ def _assert_same_params(a, b, **tolerance):
 
 @pytest.fixture(scope="module")
 def runs(data_root, tmp_path_factory):
-    """Workdirs of the same training (global batch 2, two padded shapes) on three topologies."""
+    """Workdirs of the same training (global batch 2, two padded shapes) on two topologies.
+
+    1 process x 2 devices is left out: one process reads the same global batches whatever its
+    device count, and test_multidevice checks that the sharded step equals the single-device
+    step (8 devices, mesh and pmap).
+    """
     topologies = {
         "one_device": dict(processes=1, devices=1),
-        "two_devices": dict(processes=1, devices=2),
         "two_processes": dict(processes=2, devices=1),
     }
     workdirs = {}
@@ -100,12 +104,11 @@ def runs(data_root, tmp_path_factory):
 
 
 def test_same_parameters_on_any_topology(data_root, runs):
-    """1 process x 1 device, 1 process x 2 devices and 2 processes x 1 device reach the same
-    parameters: the same images, flips and padded shapes in every global batch."""
+    """1 process x 1 device and 2 processes x 1 device reach the same parameters: the same
+    images, flips and padded shapes in every global batch."""
     reference = _params(runs["one_device"], data_root)
-    for name in ("two_devices", "two_processes"):
-        # Only the order of the gradient sum over devices differs.
-        _assert_same_params(_params(runs[name], data_root), reference, rtol=1e-4, atol=1e-6)
+    # Only the order of the gradient sum over devices differs.
+    _assert_same_params(_params(runs["two_processes"], data_root), reference, rtol=1e-4, atol=1e-6)
 
 
 def test_sigterm_saves_and_the_restart_continues_exactly(data_root, runs, tmp_path):

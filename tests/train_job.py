@@ -22,6 +22,31 @@ from tests.tiny import tiny_config  # noqa: E402
 CLASSES = ("circle", "square")
 
 
+def cache_from_every_process() -> None:
+    """Lets every process write the persistent compilation cache, not only process 0.
+
+    On CPU a program's cache key includes its process's devices, so process 1's keys never
+    equal process 0's and, as JAX writes only from process 0, process 1 compiled every program
+    again in every job (~40 s of each 2-process job on 2 cores). Test harness only: it wraps a
+    private JAX function and does nothing when that is gone (the jobs are then slower).
+    """
+    from jax._src import compiler, distributed
+
+    write = getattr(compiler, "_cache_write", None)
+    if write is None or not hasattr(distributed.global_state, "process_id"):
+        return
+
+    def write_as_process_0(*args, **kwargs):
+        process_id = distributed.global_state.process_id
+        distributed.global_state.process_id = 0
+        try:
+            return write(*args, **kwargs)
+        finally:
+            distributed.global_state.process_id = process_id
+
+    compiler._cache_write = write_as_process_0
+
+
 def config_for(data_root: str, **overrides):
     """The tiny model on the voc_dir folder: min_size 64, max_size 96 -> buckets 64x96, 96x64."""
     defaults = {
@@ -38,6 +63,7 @@ def config_for(data_root: str, **overrides):
 
 if __name__ == "__main__":
     mode, workdir, root, overrides = sys.argv[1:5]
+    cache_from_every_process()
     logging.set_verbosity(logging.INFO)
     logs.quiet_third_party()
     config = config_for(root, **json.loads(overrides))
