@@ -252,3 +252,30 @@ def run_torch(
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     why = lines[-1] if lines else f"exit status {proc.returncode}, no output"
     return {"error": f"torchvision cannot run: {why}"}
+
+
+def combine_rounds(results: list[dict]) -> dict:
+    """One result from several rounds of the same side (an interleaved side by side).
+
+    Step times are the medians of the rounds' medians; the peak memory (where given) is the
+    largest; the other figures (FLOPs, matmul rate, versions) come from the first round.
+    ``"rounds"`` keeps each round's result. A failed round fails the side (its error).
+    """
+    if not results:
+        raise ValueError("no rounds to combine")
+    for r in results:
+        if "error" in r:
+            return r
+    combined = dict(results[0])
+    for key in ("median_s", "pipelined_s"):
+        combined[key] = float(np.median([r[key] for r in results]))
+    if "peak_bytes" in combined:
+        combined["peak_bytes"] = max(r["peak_bytes"] for r in results)
+    combined["rounds"] = results
+    return combined
+
+
+def round_ratios(ours: dict, theirs: dict) -> list[float]:
+    """Each round's steady images/s ratio ours/theirs (theirs' step time over ours')."""
+    pairs = zip(ours.get("rounds", ()), theirs.get("rounds", ()), strict=True)
+    return [t["median_s"] / o["median_s"] for o, t in pairs]

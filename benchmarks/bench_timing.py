@@ -38,6 +38,19 @@ def time_steps(run_step, sync, *, warmup: int, steps: int) -> dict[str, float]:
 
 
 def max_rss_bytes() -> int:
+    """This process's peak resident memory since it started its program.
+
+    Linux: ``VmHWM`` of /proc/self/status. ``getrusage``'s ``ru_maxrss`` (the fallback) carries
+    the parent's peak over fork and exec, so torchvision's subprocess, started while our side
+    holds its memory (``--rounds``), would report ours.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 

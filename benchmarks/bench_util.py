@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from statistics import median
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Run as a script from anywhere: the package and configs/ live in the repository root.
@@ -42,6 +43,14 @@ flags.DEFINE_string(
     None,
     "Python that runs torchvision's side (default: this one). It needs only torch, torchvision "
     "and numpy, so a separate environment can hold a torchvision whose compiled ops load.",
+)
+flags.DEFINE_integer(
+    "rounds",
+    1,
+    "Time in this many rounds. With --torch the sides take turns: each round runs "
+    "torchvision's steps (a fresh subprocess) and then ours (compiled once), so both are timed "
+    "at the same moments of a noisy machine; figures are medians over the rounds, and each "
+    "round's ratio is printed. For CPU hosts: JAX holds its memory while torchvision runs.",
 )
 flags.mark_flag_as_required("config")
 
@@ -93,6 +102,36 @@ def run_torch(model, batches: list[dict], size, *, compute_dtype: str, training:
     )
 
 
+def run_sides(
+    run_ours, model, host_batches: list[dict], size, *, compute_dtype: str, training: bool
+):
+    """(ours, theirs) by the flags: ``theirs`` is None without --torch.
+
+    ``run_ours(rounds=, before_round=)`` compiles and times our side (jax_detection's
+    runners). One round: torchvision first, in its own process, while JAX holds no device
+    memory yet. Several: torchvision's round runs before each of ours (after a failed one, no
+    more are tried).
+    """
+    if FLAGS.rounds < 1:
+        raise app.UsageError(f"--rounds must be >= 1, got {FLAGS.rounds}")
+    if not FLAGS.torch:
+        return run_ours(rounds=FLAGS.rounds, before_round=None), None
+    theirs = []
+
+    def torch_round(r: int) -> None:
+        if not theirs or "error" not in theirs[0]:
+            theirs.append(
+                run_torch(model, host_batches, size, compute_dtype=compute_dtype, training=training)
+            )
+
+    if FLAGS.rounds == 1:
+        torch_round(0)
+        ours = run_ours(rounds=1, before_round=None)
+    else:
+        ours = run_ours(rounds=FLAGS.rounds, before_round=torch_round)
+    return ours, theirs[0] if len(theirs) == 1 else bench_lib.combine_rounds(theirs)
+
+
 def report(name: str, result: dict, batch_size: int) -> None:
     """Prints one implementation's figures (``result`` as returned by the runners)."""
     print(f"== {name} ==")
@@ -101,14 +140,17 @@ def report(name: str, result: dict, batch_size: int) -> None:
         return
     label = "compile time" if "compile_s" in result else "first step (eager, no compile)"
     print(f"{label}: {result.get('compile_s', result.get('first_step_s')):.2f} s")
+    rounds = len(result.get("rounds", ())) or 1
+    over = f"{FLAGS.steps} steps after {FLAGS.warmup} warm-up"
+    if rounds > 1:
+        over = f"median of {rounds} rounds' medians, each {over}"
     print(
         f"steady images/s: {batch_size / result['median_s']:.3f} "
-        f"(median step {result['median_s'] * 1e3:.1f} ms over {FLAGS.steps} steps after "
-        f"{FLAGS.warmup} warm-up)"
+        f"(median step {result['median_s'] * 1e3:.1f} ms; {over})"
     )
     print(
         f"pipelined images/s: {batch_size / result['pipelined_s']:.3f} "
-        f"({FLAGS.steps} steps, one sync)"
+        f"({FLAGS.steps} steps, one sync{'; median of the rounds' if rounds > 1 else ''})"
     )
     print(f"peak memory: {gib(result['peak_bytes'])} ({result['peak_what']})")
     flops, rate = result["flops"], result["matmul_flops_per_s"]
@@ -140,15 +182,23 @@ def report_all(
     if theirs is not None:
         suffix = f" ({theirs['versions']})" if "versions" in theirs else ""
         report(f"torchvision FasterRCNN{suffix}", theirs, batch_size)
-        report_ratio(ours, theirs)
+        report_ratio(ours, theirs, batch_size)
         rows.append(("torchvision", theirs))
     print_markdown_rows(bench, config, batch_size, size, rows)
 
 
-def report_ratio(ours: dict, theirs: dict) -> None:
+def report_ratio(ours: dict, theirs: dict, batch_size: int) -> None:
     if "error" in theirs or "error" in ours:
         print("ratio ours/theirs (images/s): n/a (torchvision did not run)")
         return
+    if "rounds" in ours and "rounds" in theirs:
+        ratios = bench_lib.round_ratios(ours, theirs)
+        for r, (o, t, ratio) in enumerate(zip(ours["rounds"], theirs["rounds"], ratios), 1):
+            print(
+                f"round {r}: ours {batch_size / o['median_s']:.3f}, torchvision "
+                f"{batch_size / t['median_s']:.3f} images/s: {ratio:.2f}x"
+            )
+        print(f"ratio ours/theirs (images/s), median of the rounds' ratios: {median(ratios):.2f}x")
     print(
         f"ratio ours/theirs (images/s): steady {theirs['median_s'] / ours['median_s']:.2f}x, "
         f"pipelined {theirs['pipelined_s'] / ours['pipelined_s']:.2f}x"

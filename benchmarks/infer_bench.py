@@ -15,6 +15,8 @@ Printed figures as in train_bench.py.
 
 from __future__ import annotations
 
+import functools
+
 import bench_util  # first: it tunes malloc before JAX starts
 
 # isort: split
@@ -25,7 +27,7 @@ from absl import app
 FLAGS = bench_util.FLAGS
 
 
-def run_ours(config, model, host_batches: list[dict]) -> dict:
+def run_ours(config, model, host_batches: list[dict], **rounds) -> dict:
     """Compiles and times the predict function; a bench_lib result dict."""
     return jax_detection.run_infer(
         config,
@@ -34,6 +36,7 @@ def run_ours(config, model, host_batches: list[dict]) -> dict:
         warmup=FLAGS.warmup,
         steps=FLAGS.steps,
         matmul_size=FLAGS.matmul_size,
+        **rounds,
     )
 
 
@@ -46,14 +49,14 @@ def main(argv):
     model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=batch_size, size=size)
     bench_util.print_header("inference", config, batch_size, size)
-    theirs = (
-        bench_util.run_torch(
-            model, host_batches, size, compute_dtype=config.model.dtype, training=False
-        )
-        if FLAGS.torch
-        else None
+    ours, theirs = bench_util.run_sides(
+        functools.partial(run_ours, config, model, host_batches),
+        model,
+        host_batches,
+        size,
+        compute_dtype=config.model.dtype,
+        training=False,
     )
-    ours = run_ours(config, model, host_batches)
     bench_util.report_all(
         "inference", config, batch_size, size, "ours (frcnn_jax, make_predict_fn)", ours, theirs
     )

@@ -6,11 +6,16 @@ Used by train_bench.py, infer_bench.py and gpu_suite.py. Both functions compile
 ahead of time (the compile time is reported), then time steps on random batches
 already on the device (two alternating batches of one shape: nothing recompiles)
 and return a result dict of ``bench_lib.jax_result``.
+
+``rounds`` > 1 times the compiled program in that many rounds and calls
+``before_round(r)`` before each: the side by side runs torchvision's round there, so both
+sides are timed at the same moments of a noisy machine (``bench_lib.combine_rounds``).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import bench_lib
 import bench_models
@@ -18,8 +23,30 @@ import jax
 import numpy as np
 
 
+def _time_rounds(run_step, *, warmup: int, steps: int, rounds: int, before_round) -> dict:
+    """``bench_lib.time_steps`` in ``rounds`` rounds, ``before_round(r)`` before each."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    results = []
+    for r in range(rounds):
+        if before_round is not None:
+            before_round(r)
+        results.append(
+            bench_lib.time_steps(run_step, jax.block_until_ready, warmup=warmup, steps=steps)
+        )
+    return results[0] if rounds == 1 else bench_lib.combine_rounds(results)
+
+
 def run_train(
-    config, model, host_batches: list[dict], *, warmup: int, steps: int, matmul_size=None
+    config,
+    model,
+    host_batches: list[dict],
+    *,
+    warmup: int,
+    steps: int,
+    matmul_size=None,
+    rounds: int = 1,
+    before_round: Callable[[int], None] | None = None,
 ) -> dict:
     """Times the data-parallel train step (all devices, batch sharded, state donated).
 
@@ -50,7 +77,9 @@ def run_train(
         holder["state"], metrics = compiled(holder["state"], batches[i % len(batches)], keys[i])
         return metrics
 
-    timing = bench_lib.time_steps(run_step, jax.block_until_ready, warmup=warmup, steps=steps)
+    timing = _time_rounds(
+        run_step, warmup=warmup, steps=steps, rounds=rounds, before_round=before_round
+    )
     loss = float(run_step(0)["total"])
     if not np.isfinite(loss):
         raise FloatingPointError(f"non-finite loss {loss} on random data")
@@ -60,7 +89,15 @@ def run_train(
 
 
 def run_infer(
-    config, model, host_batches: list[dict], *, warmup: int, steps: int, matmul_size=None
+    config,
+    model,
+    host_batches: list[dict],
+    *,
+    warmup: int,
+    steps: int,
+    matmul_size=None,
+    rounds: int = 1,
+    before_round: Callable[[int], None] | None = None,
 ) -> dict:
     """Times the predict function (``model.detect``) on one device."""
     variables = bench_models.init_variables(model, jax.random.key(config.seed))
@@ -74,7 +111,9 @@ def run_infer(
     def run_step(i):
         return compiled(variables, *batches[i % len(batches)])
 
-    timing = bench_lib.time_steps(run_step, jax.block_until_ready, warmup=warmup, steps=steps)
+    timing = _time_rounds(
+        run_step, warmup=warmup, steps=steps, rounds=rounds, before_round=before_round
+    )
     return bench_lib.jax_result(
         config, compiled, compile_s=compile_s, timing=timing, matmul_size=matmul_size
     )

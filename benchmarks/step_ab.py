@@ -43,7 +43,8 @@ flags.DEFINE_multi_string(
     None,
     "NAME:KEY=VALUE;KEY=VALUE (see the module docstring); at least two.",
 )
-flags.DEFINE_integer("rounds", 10, "Rounds; each runs --per_round steps of every variant.")
+# bench_util's --rounds: here each round runs --per_round steps of every variant.
+FLAGS.set_default("rounds", 10)
 flags.DEFINE_integer("per_round", 3, "Steps of a variant per round; the first is not timed.")
 
 

@@ -12,12 +12,16 @@ batches are random images and boxes already on the device (two alternating
 batches of one shape, so nothing recompiles). Any config field can be
 overridden (``--config.model.dtype=bfloat16``). ``--torch`` first runs
 torchvision's model in a subprocess (see torch_detection.py) and prints the
-ratio ours/theirs. Printed: compile time, steady images/s (median of synchronised
-steps after warm-up), pipelined images/s, peak memory, FLOPs and MFU (see
-bench_lib.py), and RESULTS.md table rows.
+ratio ours/theirs; with ``--rounds=R`` the two sides take turns R times (the
+figures are medians over the rounds, each round's ratio is printed). Printed:
+compile time, steady images/s (median of synchronised steps after warm-up),
+pipelined images/s, peak memory, FLOPs and MFU (see bench_lib.py), and
+RESULTS.md table rows.
 """
 
 from __future__ import annotations
+
+import functools
 
 import bench_util  # first: it tunes malloc before JAX starts
 
@@ -29,7 +33,7 @@ from absl import app
 FLAGS = bench_util.FLAGS
 
 
-def run_ours(config, model, host_batches: list[dict]) -> dict:
+def run_ours(config, model, host_batches: list[dict], **rounds) -> dict:
     """Compiles and times the data-parallel train step; a bench_lib result dict."""
     try:
         return jax_detection.run_train(
@@ -39,6 +43,7 @@ def run_ours(config, model, host_batches: list[dict]) -> dict:
             warmup=FLAGS.warmup,
             steps=FLAGS.steps,
             matmul_size=FLAGS.matmul_size,
+            **rounds,
         )
     except ValueError as e:
         raise app.UsageError(f"--batch_size: {e}") from e
@@ -49,15 +54,14 @@ def main(argv):
     model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     host_batches = bench_util.synthetic_batches(config, batch_size=config.batch_size, size=size)
     bench_util.print_header("train", config, config.batch_size, size)
-    # torchvision first, in its own process, while JAX holds no device memory yet.
-    theirs = (
-        bench_util.run_torch(
-            model, host_batches, size, compute_dtype=config.model.dtype, training=True
-        )
-        if FLAGS.torch
-        else None
+    ours, theirs = bench_util.run_sides(
+        functools.partial(run_ours, config, model, host_batches),
+        model,
+        host_batches,
+        size,
+        compute_dtype=config.model.dtype,
+        training=True,
     )
-    ours = run_ours(config, model, host_batches)
     bench_util.report_all(
         "train", config, config.batch_size, size, "ours (frcnn_jax, jit_train_step)", ours, theirs
     )

@@ -8,6 +8,7 @@ must say so and still report our figures.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -41,12 +42,28 @@ def run_benchmark(tmp_path, script: str, *flags: str, timeout: float = 300) -> s
     return proc.stdout
 
 
+# A stand-in for --torch_python: answers torch_detection.py's protocol with fixed figures (2 s per
+# step) and counts its runs, so the interleaved rounds are checked where torchvision cannot run.
+FAKE_TORCH = """#!/bin/sh
+echo run >> "$0.runs"
+echo 'TORCH_RESULT {"median_s": 2.0, "pipelined_s": 2.0, "first_step_s": 1.0, "peak_bytes": 1,\
+ "peak_what": "fake", "flops": 1.0, "flops_what": "fake", "matmul_flops_per_s": 1.0,\
+ "matmul_what": "fake", "versions": "fake torch", "device": "cpu"}'
+"""
+
+
 @pytest.mark.parametrize("script", ["train_bench.py", "infer_bench.py"])
 def test_benchmark_prints_its_figures(script, tmp_path):
-    out = run_benchmark(
-        tmp_path, script, "--batch_size=2", "--image_size=64", "--steps=2", "--warmup=1",
-        "--matmul_size=256", "--torch",
-    )  # fmt: skip
+    flags = ["--batch_size=2", "--image_size=64", "--steps=2", "--warmup=1", "--matmul_size=256"]
+    if script == "train_bench.py":
+        # Two rounds, each torchvision's (the stand-in) and then ours.
+        fake = tmp_path / "fake_python"
+        fake.write_text(FAKE_TORCH)
+        fake.chmod(0o755)
+        flags += ["--torch", f"--torch_python={fake}", "--rounds=2"]
+    else:
+        flags += ["--torch"]
+    out = run_benchmark(tmp_path, script, *flags)
     for field in (
         "benchmark: backbone=small dtype=float32 batch=2 image=64x64",
         "device: cpu",
@@ -57,12 +74,46 @@ def test_benchmark_prints_its_figures(script, tmp_path):
         "FLOPs per step:",
         "MFU:",
         "== torchvision FasterRCNN",
-        "ratio ours/theirs (images/s):",
+        "ratio ours/theirs (images/s)",
         "markdown: | ",
     ):
         assert field in out, f"{field!r} missing from:\n{out}"
-    # The small backbone has no torchvision counterpart, and torchvision may be absent.
-    assert "not runnable here: torchvision cannot run:" in out
+    if script == "train_bench.py":
+        assert (tmp_path / "fake_python.runs").read_text().split() == ["run", "run"]
+        assert out.count("median of 2 rounds' medians") == 2, out  # both sides
+        rounds = re.findall(
+            r"round (\d): ours ([\d.]+), torchvision 1\.000 images/s: ([\d.]+)x", out
+        )
+        assert [r[0] for r in rounds] == ["1", "2"], out
+        ratios = [float(r[2]) for r in rounds]
+        for _, ours, ratio in rounds:  # ours / torchvision's 1 image/s (2 images in 2 s)
+            assert float(ratio) == pytest.approx(float(ours), abs=0.01)
+        median = re.search(r"median of the rounds' ratios: ([\d.]+)x", out).group(1)
+        assert float(median) == pytest.approx(sum(ratios) / 2, abs=0.01)
+    else:
+        # The small backbone has no torchvision counterpart, and torchvision may be absent.
+        assert "not runnable here: torchvision cannot run:" in out
+
+
+def test_combine_rounds_takes_medians_and_the_largest_peak():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import bench_lib
+
+    rounds = [
+        {"median_s": 3.0, "pipelined_s": 2.0, "peak_bytes": 5, "flops": 7.0},
+        {"median_s": 1.0, "pipelined_s": 4.0, "peak_bytes": 9, "flops": 8.0},
+        {"median_s": 2.0, "pipelined_s": 3.0, "peak_bytes": 6, "flops": 9.0},
+    ]
+    combined = bench_lib.combine_rounds(rounds)
+    assert (combined["median_s"], combined["pipelined_s"]) == (2.0, 3.0)
+    assert combined["peak_bytes"] == 9 and combined["flops"] == 7.0  # first round's count
+    assert combined["rounds"] == rounds
+    theirs = bench_lib.combine_rounds([{"median_s": 6.0, "pipelined_s": 1.0}] * 3)
+    assert bench_lib.round_ratios(combined, theirs) == [2.0, 6.0, 3.0]
+    failed = [rounds[0], {"error": "torchvision cannot run: x"}]
+    assert bench_lib.combine_rounds(failed) == {"error": "torchvision cannot run: x"}
+    with pytest.raises(ValueError, match="no rounds"):
+        bench_lib.combine_rounds([])
 
 
 def run_gpu_suite(tmp_path, *flags):
@@ -308,3 +359,21 @@ def test_profile_categories_read_the_backward_pass_from_the_hlo():
     categories = {categorize(*representative(i, program)) for i in dots}
     # x @ w forward, and its transpose (the gradient w.r.t. w).
     assert categories == {"matmul forward (dense layers)", "matmul backward (dense layers)"}
+
+
+def test_max_rss_of_a_subprocess_is_its_own():
+    # getrusage's ru_maxrss carries the parent's peak into a child (fork and exec): torchvision's
+    # subprocess of an interleaved side by side would report our process's memory.
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import bench_timing
+
+    held = bytearray(512 * 2**20)
+    held[:: 2**12] = b"\x01" * len(held[:: 2**12])  # touch every page: resident
+    child = subprocess.run(
+        [sys.executable, "-c", "import bench_timing; print(bench_timing.max_rss_bytes())"],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": os.path.join(REPO_ROOT, "benchmarks")},
+    )  # fmt: skip
+    assert bench_timing.max_rss_bytes() > 512 * 2**20
+    assert int(child.stdout) < 256 * 2**20, child.stdout
+    del held
