@@ -43,8 +43,8 @@ def _checkpoint_steps(workdir):
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    # Run both concurrently; kill the second once it has saved step 2 and before it ends.
-    reference = _run(straight)
+    # Kill a run once it has saved step 2 and before it ends; the resumed run and the
+    # uninterrupted one come after it, so they find its programs in the compilation cache.
     victim = _run(killed)
     deadline = time.time() + 600
     while time.time() < deadline and not [s for s in _checkpoint_steps(killed) if s >= 2]:
@@ -58,6 +58,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out[-3000:]
     assert "resumed from checkpoint at step" in out
+    reference = _run(straight)
     ref_out = reference.communicate(timeout=600)[0]
     assert reference.returncode == 0, ref_out[-3000:]
     a, b = _final_params(straight), _final_params(killed)
