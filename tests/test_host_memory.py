@@ -65,6 +65,43 @@ def test_glibc_environment_has_the_same_effect():
     assert int(child["faults"]) < 256 * 2**20 // os.sysconf("SC_PAGE_SIZE") // 100
 
 
+# A block larger than 2 GiB (a VGG16 600x1000 train step frees ~3 GiB at once): glibc trims a
+# free top chunk above the trim threshold, so a threshold of 2**31 - 1 (mallopt's largest
+# positive int) still handed the block back and the next step faulted it in again. Reads the
+# program break (sbrk(0)) after malloc and after free; the pages are never touched, so this
+# costs address space, not memory.
+TRIM = """
+import ctypes, sys
+sys.path.insert(0, {root!r})
+from frcnn_jax import host_memory
+libc = ctypes.CDLL("libc.so.6")
+{setup}
+libc.malloc.restype = libc.sbrk.restype = ctypes.c_void_p
+libc.malloc.argtypes, libc.sbrk.argtypes = [ctypes.c_size_t], [ctypes.c_ssize_t]
+p = libc.malloc(5 * 2**29)
+grown = libc.sbrk(0)
+libc.free(ctypes.c_void_p(p))
+print("returned", grown - libc.sbrk(0))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt is Linux-only")
+def test_tuned_malloc_keeps_blocks_larger_than_2_gib():
+    from frcnn_jax import host_memory
+
+    # The settings before the fix: no mmap, the largest positive trim threshold.
+    old = (
+        "libc.mallopt(host_memory.M_MMAP_MAX, 0); "
+        "libc.mallopt(host_memory.M_TRIM_THRESHOLD, 2**31 - 1)"
+    )
+    before = _run(TRIM.format(root=REPO_ROOT, setup=old))
+    tuned = _run(TRIM.format(root=REPO_ROOT, setup="host_memory.tune_malloc(force=True)"))
+    child = _run(TRIM.format(root=REPO_ROOT, setup=""), **host_memory.GLIBC_ENV)
+    assert int(before["returned"]) >= 2**31  # trimmed at free
+    assert int(tuned["returned"]) == 0
+    assert int(child["returned"]) == 0
+
+
 SWITCH = """
 import sys
 sys.path.insert(0, {root!r})
