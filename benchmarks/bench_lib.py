@@ -198,6 +198,7 @@ def run_torch(
     torch_python: str | None = None,
     malloc_tuned: bool = False,
     timeout_s: float | None = None,
+    profile_steps: int = 0,
 ) -> dict:
     """torchvision's figures on the same batches, from torch_detection.py in a subprocess.
 
@@ -207,7 +208,8 @@ def run_torch(
     ``torch_python`` point at another environment, and a torchvision that cannot
     load (a CUDA build next to a CPU torch: its compiled nms/roi_align are
     missing) cannot crash us. ``malloc_tuned``: give torch the glibc settings ours
-    runs with (same hardware, same allocator).
+    runs with (same hardware, same allocator). ``profile_steps``: also profile that many
+    steps by op (the result's ``"profile"``, see torch_profile.py).
     """
     spec = {
         # Our FasterRCNN's settings, grouped as config.model groups them (tuples become lists).
@@ -225,6 +227,7 @@ def run_torch(
         "warmup": warmup,
         "steps": steps,
         "matmul_size": matmul_size,
+        "profile_steps": profile_steps,
     }
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, batches_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "batches.npz")

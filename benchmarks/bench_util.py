@@ -86,7 +86,9 @@ def synthetic_batches(config, *, batch_size: int, size: tuple[int, int]) -> list
     )
 
 
-def run_torch(model, batches: list[dict], size, *, compute_dtype: str, training: bool) -> dict:
+def run_torch(
+    model, batches: list[dict], size, *, compute_dtype: str, training: bool, profile_steps: int = 0
+) -> dict:
     """``bench_lib.run_torch`` with the flags' steps, matmul size, Python and our allocator."""
     return bench_lib.run_torch(
         model,
@@ -99,6 +101,7 @@ def run_torch(model, batches: list[dict], size, *, compute_dtype: str, training:
         matmul_size=FLAGS.matmul_size,
         torch_python=FLAGS.torch_python,
         malloc_tuned=MALLOC_TUNED,
+        profile_steps=profile_steps,
     )
 
 

@@ -21,6 +21,12 @@ category's milliseconds per step and share of the step's median wall time, the c
 instructions with the source line that made them, and Markdown rows for RESULTS.md.
 Tracing slows the step a little; compare profiles with each other, and speeds with
 train_bench.py.
+
+``--torch`` (``--torch_python`` as train_bench.py's) then profiles torchvision's counterpart
+on the same batch in a subprocess (torch_profile.py: ``torch.profiler``, each operator's self
+time in a category) and prints both sides by category as far as they compare (torch computes
+a convolution's input and kernel gradients in one operator), ms per step, with torchvision's
+costliest operators and their input shapes.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import bench_lib
 import bench_models
 import jax
 import profile_lib
+import torch_profile
 from absl import app, flags
 
 FLAGS = bench_util.FLAGS
@@ -100,6 +107,39 @@ def main(argv):
     profile = profile_lib.summarize(events, instructions, steps=FLAGS.steps)
     wall_ms = statistics.median(walls) * 1e3
     profile_lib.print_profile(profile, wall_ms=wall_ms, top=FLAGS.top)
+    if FLAGS.torch:
+        theirs = bench_util.run_torch(
+            model,
+            [host_batch],
+            size,
+            compute_dtype=config.model.dtype,
+            training=FLAGS.program == "train",
+            profile_steps=FLAGS.steps,
+        )
+        print_side_by_side(profile, wall_ms, theirs)
+
+
+def print_side_by_side(profile, wall_ms: float, theirs: dict) -> None:
+    """Our categories next to torchvision's profile (``bench_lib.run_torch``'s result)."""
+    if "error" in theirs:
+        print(f"torchvision: {theirs['error']}")
+        return
+    ours = dict.fromkeys(torch_profile.COMMON, 0.0)
+    for category, ms in profile.by_category.items():
+        ours[torch_profile.OURS_TO_COMMON.get(category, "everything else")] += ms
+    ours["everything else"] += max(wall_ms - profile.covered_ms, 0.0)  # host, dispatch
+    their = theirs["profile"]["by_category"]
+    their_wall = theirs["profile"]["step_ms"]
+    print(f"torchvision ({theirs['versions']}), profiled: median step {their_wall:.1f} ms")
+    print("markdown: | category | ours ms | torchvision ms | ours / torchvision |")
+    print("markdown: | --- | --- | --- | --- |")
+    rows = [(c, ours[c], their[c]) for c in torch_profile.COMMON]
+    for category, a, b in [*rows, ("step (median wall time)", wall_ms, their_wall)]:
+        ratio = f"{a / b:.2f}" if b > 0 else "-"
+        print(f"markdown: | {category} | {a:.1f} | {b:.1f} | {ratio} |")
+    print("torchvision's costliest operators (ms per step, self time; input shapes):")
+    for ms, name, shapes in theirs["profile"]["top"]:
+        print(f"  {ms:9.1f}  {name:40s} {shapes[:120]}")
 
 
 if __name__ == "__main__":

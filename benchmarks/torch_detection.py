@@ -15,6 +15,7 @@ per-image Python loops, and at inference runs the same 6000 -> 300 proposals.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from types import SimpleNamespace
@@ -22,6 +23,7 @@ from types import SimpleNamespace
 import bench_timing
 import numpy as np
 import torch
+import torch_profile
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import FasterRCNN, backbone_utils
@@ -149,11 +151,14 @@ def run(
     warmup: int,
     steps: int,
     matmul_size: int | None = None,
+    profile_steps: int = 0,
 ) -> dict:
     """Times torchvision's model on ``batches`` (our synthetic layout); a bench_lib result dict.
 
     ``ours`` has our FasterRCNN module's field names as attributes. ``compute_dtype``
-    "bfloat16" runs under ``torch.autocast`` (float32 weights, as ours).
+    "bfloat16" runs under ``torch.autocast`` (float32 weights, as ours). ``profile_steps``:
+    after the timed steps, profile this many more by op (``torch_profile.summarize``, in the
+    result's ``"profile"``, with their median wall time as ``"step_ms"``).
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if compute_dtype == "bfloat16" else None
@@ -183,6 +188,7 @@ def run(
     timing = bench_timing.time_steps(
         run_step, lambda out: _sync(device), warmup=warmup, steps=steps
     )
+    profile = _profile(run_step, device, profile_steps) if profile_steps else None
     rate, n = _matmul_rate(device, dtype or torch.float32, matmul_size)
     if device.type == "cuda":
         peak, peak_what = torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_allocated"
@@ -200,7 +206,23 @@ def run(
         "versions": f"torch {torch.__version__} (CUDA {torch.version.cuda}), "
         f"torchvision {torchvision.__version__}",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        **({"profile": profile} if profile else {}),
     }
+
+
+def _profile(run_step, device, steps: int) -> dict:
+    """``steps`` steps under torch.profiler: ``torch_profile.summarize`` and the steps' median."""
+    walls = []
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True
+    ) as profiler:
+        for i in range(steps):
+            start = time.perf_counter()
+            run_step(i)
+            _sync(device)
+            walls.append(time.perf_counter() - start)
+    summary = torch_profile.summarize(profiler.events(), steps=steps)
+    return {**summary, "step_ms": 1e3 * statistics.median(walls)}
 
 
 def main(spec_path: str, batches_path: str) -> None:
@@ -225,6 +247,7 @@ def main(spec_path: str, batches_path: str) -> None:
         warmup=spec["warmup"],
         steps=spec["steps"],
         matmul_size=spec["matmul_size"],
+        profile_steps=spec.get("profile_steps", 0),
     )
     print(bench_timing.TORCH_MARKER + json.dumps(result))
 

@@ -299,17 +299,47 @@ def test_loop_free_flops_count_every_pass_of_a_convolution():
     assert both == pytest.approx(3 * one_pass, rel=0.02)  # forward, input and kernel gradients
 
 
+# A stand-in for --torch_python in step_profile.py: a profile of 10 ms per category, 90 ms a step.
+FAKE_TORCH_PROFILE = """#!/bin/sh
+echo 'TORCH_RESULT {"median_s": 0.09, "pipelined_s": 0.09, "first_step_s": 1.0, "peak_bytes": 1,\
+ "peak_what": "fake", "flops": 1.0, "flops_what": "fake", "matmul_flops_per_s": 1.0,\
+ "matmul_what": "fake", "versions": "fake torch", "device": "cpu", "profile": {"by_category":\
+ {"conv forward": 10, "conv backward (input and kernel gradients)": 10,\
+ "matmul forward (dense layers)": 10, "matmul backward (dense layers)": 10,\
+ "RoI ops forward": 10, "RoI ops backward": 10, "NMS and proposals": 10,\
+ "optimizer update": 10, "everything else": 10}, "step_ms": 90.0,\
+ "top": [[7.5, "aten::mkldnn_convolution", "[[1, 3, 64, 64]]"]]}}'
+"""
+
+
 def test_step_profile_attributes_the_train_step(tmp_path):
     # Every part of the step shows up in its own category: the attribution reads each
-    # executed instruction's JAX name and Python stack from the compiled module.
-    out = run_benchmark(
-        tmp_path, "step_profile.py", "--batch_size=2", "--image_size=64", "--steps=1", "--warmup=1"
-    )
-    ms = {}
+    # executed instruction's JAX name and Python stack from the compiled module. With --torch,
+    # torchvision's profile (a stand-in here) is printed beside ours in the common categories.
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_TORCH_PROFILE)
+    fake.chmod(0o755)
+    flags = ["--batch_size=2", "--image_size=64", "--steps=1", "--warmup=1"]
+    out = run_benchmark(tmp_path, "step_profile.py", *flags, "--torch", f"--torch_python={fake}")
+    ms, side = {}, {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.removeprefix("markdown:").strip().strip("|").split("|")]
         if line.startswith("markdown: |") and len(cells) == 3 and cells[1][:1].isdigit():
             ms[cells[0]] = float(cells[1])
+        if line.startswith("markdown: |") and len(cells) == 4 and cells[1][:1].isdigit():
+            side[cells[0]] = [float(c) for c in cells[1:]]
+    conv_backward = ms["conv input gradient"] + ms["conv kernel gradient"]
+    assert side["conv backward (input and kernel gradients)"][:2] == pytest.approx(
+        [conv_backward, 10.0], abs=0.06
+    ), out
+    assert side["step (median wall time)"][1:] == pytest.approx(
+        [90.0, ms["step (median wall time)"] / 90.0], abs=0.01
+    ), out
+    # Our side's common categories share out the whole step, as the per-category table does.
+    assert sum(v[0] for k, v in side.items() if not k.startswith("step")) == pytest.approx(
+        ms["step (median wall time)"], rel=0.01
+    ), out
+    assert "aten::mkldnn_convolution" in out
     for category in (
         "conv forward", "conv input gradient", "conv kernel gradient", "RoI ops forward",
         "RoI ops backward", "NMS and proposals", "targets, sampling, anchors",
@@ -377,3 +407,62 @@ def test_max_rss_of_a_subprocess_is_its_own():
     assert bench_timing.max_rss_bytes() > 512 * 2**20
     assert int(child.stdout) < 256 * 2**20, child.stdout
     del held
+
+
+def test_torch_profile_puts_each_operator_in_its_category():
+    # A real torch.profiler trace of a tiny train step: a convolution, a dense layer, the
+    # backward pass and an SGD update each land in their own category, and the categories
+    # share out exactly the operators' self time.
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    import torch_profile
+
+    conv, dense = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Linear(8 * 16 * 16, 4)
+    params = [*conv.parameters(), *dense.parameters()]
+    optimizer = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profiler:
+        for _ in range(2):
+            loss = dense(torch.relu(conv(x)).flatten(1)).square().sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    events = profiler.events()
+    summary = torch_profile.summarize(events, steps=2, top=3)
+    ms = summary["by_category"]
+    for category in (
+        "conv forward", "conv backward (input and kernel gradients)",
+        "matmul forward (dense layers)", "matmul backward (dense layers)", "optimizer update",
+    ):  # fmt: skip
+        assert ms[category] > 0, (category, ms)
+    assert ms["RoI ops forward"] == ms["NMS and proposals"] == 0
+    total = sum(e.self_cpu_time_total for e in events) / 1e3 / 2
+    assert sum(ms.values()) == pytest.approx(total)
+    assert len(summary["top"]) == 3 and summary["top"][0][0] >= summary["top"][-1][0]
+
+
+def test_torch_profile_reads_torchvision_ops_and_backward_callers():
+    # torchvision's operators by name, forward or backward by the autograd engine above them.
+    sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
+    from types import SimpleNamespace
+
+    import torch_profile
+
+    def event(name, parent=None):
+        return SimpleNamespace(name=name, cpu_parent=parent)
+
+    backward = event("autograd::engine::evaluate_function: RoiPoolBackward0")
+    conv_backward = event("autograd::engine::evaluate_function: ConvolutionBackward0")
+    step = event("Optimizer.step#SGD.step")
+    cases = {
+        "RoI ops forward": event("torchvision::roi_pool"),
+        "RoI ops backward": event("torchvision::_roi_pool_backward", backward),
+        "NMS and proposals": event("torchvision::nms"),
+        "conv forward": event("aten::mkldnn_convolution", event("aten::convolution")),
+        "conv backward (input and kernel gradients)": event("aten::add_", conv_backward),
+        "matmul forward (dense layers)": event("aten::addmm"),
+        "optimizer update": event("aten::add_", step),
+        "everything else": event("aten::relu"),
+    }
+    for category, e in cases.items():
+        assert torch_profile.categorize(e) == category, category
