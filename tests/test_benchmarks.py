@@ -337,8 +337,8 @@ def test_step_profile_attributes_the_train_step(tmp_path):
     ), out
     # Our side's common categories hold what the per-category table holds, host time included.
     assert sum(v[0] for k, v in side.items() if not k.startswith("step")) == pytest.approx(
-        sum(v for k, v in ms.items() if not k.startswith("step")), rel=0.01, abs=0.1
-    ), out
+        sum(v for k, v in ms.items() if not k.startswith("step")), abs=0.5
+    ), out  # nine rows rounded to 0.1 ms
     assert "aten::mkldnn_convolution" in out
     for category in (
         "conv forward", "conv input gradient", "conv kernel gradient", "RoI ops forward",
