@@ -46,7 +46,9 @@ OURS_TO_COMMON = {
 
 _BACKWARD_ROOT = "autograd::engine::evaluate_function"
 _OPTIMIZER_ROOT = "Optimizer."
-_CONV_FORWARD = ("convolution", "mkldnn_convolution", "_slow_conv2d_forward", "cudnn_convolution")
+_CONV_FORWARD = (
+    "convolution", "_convolution", "mkldnn_convolution", "_slow_conv2d_forward", "cudnn_convolution"
+)  # fmt: skip
 _DENSE = ("addmm", "mm", "linear", "matmul", "bmm")
 
 
@@ -59,7 +61,7 @@ def _own_category(name: str) -> str | None:
         return "NMS and proposals"
     if op == "convolution_backward":
         return "conv backward (input and kernel gradients)"
-    if op in _CONV_FORWARD or op == "_convolution":
+    if op in _CONV_FORWARD:
         return "conv forward"
     if op in _DENSE:
         return "matmul"
@@ -73,7 +75,7 @@ def _backward_category(name: str) -> str | None:
         return "RoI ops"
     if node.startswith("convolution"):
         return "conv backward (input and kernel gradients)"
-    if node.startswith(("addmm", "mm", "linear", "matmul", "bmm")):
+    if node.startswith(_DENSE):
         return "matmul"
     return None
 
@@ -90,12 +92,13 @@ def categorize(event) -> str:
             own = own or _backward_category(node.name)
         optimizer = optimizer or node.name.startswith(_OPTIMIZER_ROOT)
         node = node.cpu_parent
+    direction = "backward" if backward else "forward"
     if optimizer:
         return "optimizer update"
-    if own in ("RoI ops", "matmul"):
-        kind = "RoI ops" if own == "RoI ops" else "matmul"
-        suffix = " backward" if backward else " forward"
-        return f"{kind}{suffix}" + ("" if kind == "RoI ops" else " (dense layers)")
+    if own == "RoI ops":
+        return f"RoI ops {direction}"
+    if own == "matmul":
+        return f"matmul {direction} (dense layers)"
     if own == "conv forward" and backward:  # a convolution called by a backward formula
         return "conv backward (input and kernel gradients)"
     return own or "everything else"
