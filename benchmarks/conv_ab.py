@@ -7,9 +7,12 @@ Run:
 For each shape ``HxWxCxD[:K]`` (batch 1, a KxK kernel, stride 1, padding K // 2; K = 3
 unless given), times the three passes of a training step's convolution on both sides:
 the forward pass, the input gradient and the kernel gradient. Ours are the programs our
-models run on CPU: XLA's convolution for the forward pass and the input gradient (the latter
-as XLA writes it, the transposed convolution of ``jax.vjp``) and ``conv.kernel_grad_matmuls``
-for the kernel gradient, each jitted with our compiler options. torch's are
+models run on CPU (``conv.conv_general_dilated`` and its gradients through ``jax.vjp``, each
+jitted with our compiler options): Winograd F(2x2, 3x3) for 3x3 layers of at least
+``conv.WINOGRAD_MIN_CHANNELS`` channels, else XLA's convolution forward and for the input
+gradient, and ``conv.kernel_grad_matmuls`` for the kernel gradient. The "direct" column is
+the same programs traced under ``conv.xla_convolutions`` (no Winograd: what every layer ran
+before it). torch's are
 ``conv2d`` and ``aten::convolution_backward`` with one gradient asked for at a time (oneDNN
 on CPU), and both together as torch's backward pass computes them. Every round runs each
 program once untimed and once timed, ours and then torch's, so a shared machine's swings
@@ -40,11 +43,11 @@ MALLOC_TUNED = host_memory.tune_malloc()
 # waiting (torch's own 18.3 and 13.7 ms). Read when torch loads OpenMP, so set before importing it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import contextlib  # noqa: E402
+
 import bench_lib  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
-from jax import lax  # noqa: E402
 
 from frcnn_jax.models import conv  # noqa: E402
 
@@ -73,8 +76,9 @@ def parse_shape(text: str) -> tuple[int, int, int, int, int]:
     return h, w, c, d, kernel
 
 
-def jax_programs(h, w, c, d, k) -> dict:
-    """name -> (compiled, args): our forward, input gradient and kernel gradient."""
+def jax_programs(h, w, c, d, k, *, winograd: bool = True) -> dict:
+    """name -> (compiled, args): our forward, input gradient and kernel gradient
+    (``winograd=False``: traced under ``conv.xla_convolutions``)."""
     pad = ((k // 2, k // 2), (k // 2, k // 2))
     keys = jax.random.split(jax.random.key(0), 3)
     x = jax.random.normal(keys[0], (1, h, w, c))
@@ -82,21 +86,26 @@ def jax_programs(h, w, c, d, k) -> dict:
     dy = jax.random.normal(keys[2], (1, h, w, d))
 
     def forward(x, kernel):
-        return lax.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_NHWC)
+        return conv.conv_general_dilated(x, kernel, (1, 1), pad, dimension_numbers=_NHWC)
 
-    def input_grad(dy, kernel):
-        return jax.vjp(lambda x: forward(x, kernel), jnp.zeros((1, h, w, c)))[1](dy)[0]
+    def input_grad(x, kernel, dy):
+        return jax.vjp(lambda x: forward(x, kernel), x)[1](dy)[0]
 
-    def kernel_grad(x, dy):
-        return conv.kernel_grad_matmuls(x, dy, kernel_size=(k, k), strides=(1, 1), padding=pad)
+    def kernel_grad(x, kernel, dy):
+        return jax.vjp(lambda kernel: forward(x, kernel), kernel)[1](dy)[0]
 
     options = conv.compiler_options("cpu")
-    programs = {"forward": (forward, (x, kernel)), "input grad": (input_grad, (dy, kernel))}
-    programs["kernel grad"] = (kernel_grad, (x, dy))
-    return {
-        name: (jax.jit(f, compiler_options=options).lower(*args).compile(), args)
-        for name, (f, args) in programs.items()
+    programs = {
+        "forward": (forward, (x, kernel)),
+        "input grad": (input_grad, (x, kernel, dy)),
+        "kernel grad": (kernel_grad, (x, kernel, dy)),
     }
+    with contextlib.nullcontext() if winograd else conv.xla_convolutions():
+        lowered = {
+            name: (jax.jit(f, compiler_options=options).lower(*args), args)
+            for name, (f, args) in programs.items()
+        }
+    return {name: (low.compile(), args) for name, (low, args) in lowered.items()}
 
 
 def torch_programs(torch, h, w, c, d, k) -> dict:
@@ -137,24 +146,33 @@ def main(argv):
           f"oneDNN {torch.backends.mkldnn.is_available()}")  # fmt: skip
     print(f"host malloc tuned (frcnn_jax.host_memory): {MALLOC_TUNED}")
     print(
-        "markdown: | shape (H x W, C -> D, K x K) | GFLOP a pass | forward ours / torch ms "
-        "| input grad ours / torch ms | kernel grad ours / torch ms | torch both grads ms |"
+        "markdown: | shape (H x W, C -> D, K x K) | GFLOP a pass "
+        "| forward ours / direct / torch ms | input grad ours / direct / torch ms "
+        "| kernel grad ours / direct / torch ms | torch both grads ms |"
     )
     print("markdown: | --- | --- | --- | --- | --- | --- |")
     for h, w, c, d, k in shapes:
-        ours = jax_programs(h, w, c, d, k)
+        sides = {
+            "ours": jax_programs(h, w, c, d, k),
+            "direct": jax_programs(h, w, c, d, k, winograd=False),
+        }
         theirs = torch_programs(torch, h, w, c, d, k)
-        times = {("ours", n): [] for n in ours} | {("torch", n): [] for n in theirs}
+        times = {(side, n): [] for side in sides for n in sides["ours"]}
+        times |= {("torch", n): [] for n in theirs}
         with torch.no_grad():
             for _ in range(FLAGS.rounds):
-                for name, (compiled, args) in ours.items():
-                    times["ours", name].append(
-                        time_once(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
-                    )
+                for side, programs in sides.items():
+                    for name, (compiled, args) in programs.items():
+                        times[side, name].append(
+                            time_once(lambda c=compiled, a=args: jax.block_until_ready(c(*a)))
+                        )
                 for name, run in theirs.items():
                     times["torch", name].append(time_once(run))
         ms = {key: 1e3 * statistics.median(v) for key, v in times.items()}
-        pair = [f"{ms['ours', n]:.4g} / {ms['torch', n]:.4g}" for n in ours]
+        pair = [
+            f"{ms['ours', n]:.4g} / {ms['direct', n]:.4g} / {ms['torch', n]:.4g}"
+            for n in sides["ours"]
+        ]
         gflop = 2 * h * w * c * d * k * k / 1e9
         print(f"markdown: | {h}x{w}, {c} -> {d}, {k}x{k} | {gflop:.1f} | " + " | ".join(pair)
               + f" | {ms['torch', 'both grads']:.4g} |", flush=True)  # fmt: skip

@@ -17,7 +17,9 @@ a dotted config field (``model.rpn.channels``), VALUE a Python literal (``(32, 6
 ``True``), else a string. An unknown field is an error naming it. A KEY ``xla.FLAG`` sets an
 XLA compiler option for that variant's step instead (``xla.xla_cpu_experimental_ynn_fusion_type=``
 ``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``; the VALUE as a string), on top of the options every
-program of ours gets (``conv.compiler_options``). ``--config.*`` flags change every variant.
+program of ours gets (``conv.compiler_options``). The KEY ``conv.winograd=False`` compiles that
+variant's step with XLA's own convolutions only (traced under ``conv.xla_convolutions``; the
+CPU's Winograd 3x3 convolutions are the default). ``--config.*`` flags change every variant.
 Batches: bench_util's synthetic images and boxes of one shape, on one device, as
 train_bench.py (so a variant that changes the data pipeline measures nothing here). For code
 changes rather than config changes, run the script from two checkouts instead.
@@ -29,6 +31,7 @@ import bench_util  # first: it tunes malloc before JAX starts
 
 # isort: split
 import ast
+import contextlib
 import statistics
 import time
 
@@ -36,6 +39,8 @@ import bench_models
 import jax
 import ml_collections
 from absl import app, flags
+
+from frcnn_jax.models import conv
 
 FLAGS = bench_util.FLAGS
 flags.DEFINE_multi_string(
@@ -49,6 +54,7 @@ flags.DEFINE_integer("per_round", 3, "Steps of a variant per round; the first is
 
 
 XLA_PREFIX = "xla."  # a variant's KEY with it names a compiler option, not a config field
+WINOGRAD_KEY = "conv.winograd"  # a variant's KEY: False traces it under conv.xla_convolutions
 
 
 def parse_variant(spec: str) -> tuple[str, dict[str, object]]:
@@ -109,17 +115,22 @@ def split_overrides(overrides: dict[str, object]) -> tuple[dict[str, object], di
 
 
 def compile_variant(
-    config, size: tuple[int, int], xla_options: dict[str, str] | None = None
+    config,
+    size: tuple[int, int],
+    xla_options: dict[str, str] | None = None,
+    *,
+    winograd: bool = True,
 ) -> dict:
     """Model, state, batches and the compiled step of one variant (with ``xla_options`` on top
-    of our programs' compiler options)."""
+    of our programs' compiler options; ``winograd=False``: XLA's convolutions only)."""
     model = bench_models.build_model(config, num_classes=FLAGS.num_classes)
     key = jax.random.key(0)
     state = bench_models.create_train_state(config, model, bench_models.init_variables(model, key))
     host = bench_util.synthetic_batches(config, batch_size=config.batch_size, size=size)
     batches = [jax.device_put(b) for b in host]
     start = time.perf_counter()
-    step = bench_models.jit_train_step(extra_options=xla_options).lower(state, batches[0], key)
+    with contextlib.nullcontext() if winograd else conv.xla_convolutions():
+        step = bench_models.jit_train_step(extra_options=xla_options).lower(state, batches[0], key)
     step = step.compile()
     return {
         "step": step,
@@ -149,11 +160,14 @@ def main(argv):
         raise app.UsageError("give at least two --variant=NAME:KEY=VALUE;... flags")
     if FLAGS.per_round < 2 or FLAGS.rounds < 1:
         raise app.UsageError("--per_round must be at least 2 and --rounds at least 1")
-    configs, options = {}, {}
+    configs, options, winograd = {}, {}, {}
     for spec in FLAGS.variant:
         try:
             name, overrides = parse_variant(spec)
             fields, options[name] = split_overrides(overrides)
+            winograd[name] = fields.pop(WINOGRAD_KEY, True)
+            if not isinstance(winograd[name], bool):
+                raise ValueError(f"{WINOGRAD_KEY} is True or False, got {winograd[name]!r}")
             configs[name] = apply_overrides(base, fields)
         except (ValueError, TypeError) as e:  # TypeError: a value of the wrong type
             raise app.UsageError(str(e)) from e
@@ -165,7 +179,7 @@ def main(argv):
     variants = {}
     for spec, (name, config) in zip(FLAGS.variant, configs.items(), strict=True):
         try:
-            variants[name] = compile_variant(config, size, options[name])
+            variants[name] = compile_variant(config, size, options[name], winograd=winograd[name])
         except Exception as e:  # XLA rejects an unknown option or value: say which variant
             if not options[name]:
                 raise

@@ -224,6 +224,7 @@ def test_step_ab_times_each_variant_and_compares_with_the_first(tmp_path):
         ("wide:model.roi.hiden=(64, 64)", "unknown config field 'model.roi.hiden'"),
         ("wide", "expected NAME:KEY=VALUE"),
         ("wide:model.roi.hidden", "is not KEY=VALUE"),
+        ("direct:conv.winograd=0", "conv.winograd is True or False, got 0"),
     ],
 )
 def test_step_ab_names_a_bad_variant(tmp_path, variant, message):
@@ -476,20 +477,20 @@ def test_conv_ab_prints_a_row_per_shape():
     script = os.path.join(REPO_ROOT, "benchmarks", "conv_ab.py")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
-        [sys.executable, script, "--shapes=8x12x4x6,6x6x8x4:1", "--rounds=2", "--threads=1"],
+        [sys.executable, script, "--shapes=8x12x4x6,6x6x8x4:1,4x6x128x128", "--rounds=2",
+         "--threads=1"],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line for line in proc.stdout.splitlines() if line.startswith("markdown: | ")]
-    assert len(rows) == 2 + 2, proc.stdout  # header, separator, two shapes
+    assert len(rows) == 2 + 3, proc.stdout  # header, separator, three shapes
     cells = [c.strip() for c in rows[2].removeprefix("markdown:").strip().strip("|").split("|")]
     assert cells[0] == "8x12, 4 -> 6, 3x3" and float(cells[1]) == pytest.approx(
         2 * 8 * 12 * 4 * 6 * 9 / 1e9, abs=1e-4
     )
-    for pair in cells[2:5]:
-        ours, theirs = (float(v) for v in pair.split(" / "))
-        assert ours > 0 and theirs > 0
-    assert "6x6, 8 -> 4, 1x1" in rows[3]
+    for pair in cells[2:5]:  # ours (here XLA's: 4 channels), direct, torch
+        assert all(float(v) > 0 for v in pair.split(" / ")) and pair.count(" / ") == 2
+    assert "6x6, 8 -> 4, 1x1" in rows[3] and "4x6, 128 -> 128, 3x3" in rows[4]
     bad = subprocess.run(
         [sys.executable, script, "--shapes=8x12x4", "--rounds=1"],
         capture_output=True, text=True, env=env, timeout=120,

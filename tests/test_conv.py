@@ -186,3 +186,64 @@ def test_compiler_options_keep_convolutions_out_of_ynnpack_and_give_it_the_dots(
     ]
     assert len(fusions) == 1 and "dot_general" in fusions[0], fusions
     np.testing.assert_allclose(dense(rois, kernel), np.full((30, 32), 64.0))
+
+
+def test_winograd_hand_worked_two_by_two_image():
+    # x = [[1, 2], [3, 4]], k = [[0, 1, 2], [3, 4, 5], [6, 7, 8]], padding 1: output (r, c) is
+    # sum over the 3x3 window centred there, e.g. (0, 0) = 1*4 + 2*5 + 3*7 + 4*8 = 67.
+    x = jnp.arange(1.0, 5.0).reshape(1, 2, 2, 1)
+    k = jnp.arange(9.0).reshape(3, 3, 1, 1)
+    np.testing.assert_allclose(conv.winograd_conv(x, k)[0, :, :, 0], [[67, 57], [37, 27]])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 6, 8, 3, 5), (1, 7, 5, 4, 2), (1, 1, 1, 2, 3), (3, 2, 9, 1, 1)],
+    ids=["even, batch 2", "odd height and width", "one pixel", "one channel"],
+)
+def test_winograd_equals_the_direct_convolution_and_its_gradients(shape):
+    b, h, w, c, d = shape
+    kx, kw, ky = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (b, h, w, c))
+    kernel = jax.random.normal(kw, (3, 3, c, d))
+    dy = jax.random.normal(ky, (b, h, w, d))
+    pads = ((1, 1), (1, 1))
+    ref, vjp = jax.vjp(lambda x, k: _reference(x, k, (1, 1), pads), x, kernel)
+    ref_dx, ref_dw = vjp(dy)
+    np.testing.assert_allclose(conv.winograd_conv(x, kernel), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv.winograd_input_grad(dy, kernel), ref_dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(conv.winograd_kernel_grad(x, dy), ref_dw, rtol=1e-5, atol=1e-4)
+
+
+def _compiled_cpu_gradient(x, w):
+    dy = jnp.ones((1, *x.shape[1:3], w.shape[-1]))
+
+    def loss(x, w):
+        return jnp.sum(_ours(x, w, (1, 1), ((1, 1), (1, 1))) * dy)
+
+    fn = jax.jit(jax.value_and_grad(loss, (0, 1)))
+    return fn, fn.lower(x, w).compile().as_text()
+
+
+def test_cpu_runs_wide_3x3_layers_by_winograd_unless_told_otherwise():
+    kx, kw = jax.random.split(jax.random.key(0))
+    wide = conv.WINOGRAD_MIN_CHANNELS
+    x = jax.random.normal(kx, (1, 5, 6, wide))
+    w = jax.random.normal(kw, (3, 3, wide, wide)) * 0.05
+    fn, text = _compiled_cpu_gradient(x, w)
+    # Forward, input and kernel gradients: no convolution left, batched matmuls instead.
+    assert " convolution(" not in text
+    value, (dx, dw) = fn(x, w)
+    ref_value, (ref_dx, ref_dw) = jax.value_and_grad(
+        lambda x, w: jnp.sum(_reference(x, w, (1, 1), ((1, 1), (1, 1)))), (0, 1)
+    )(x, w)
+    np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-4, atol=1e-3)
+    # Traced under xla_convolutions (what ONNX export does): XLA's convolutions again.
+    with conv.xla_convolutions():
+        assert " convolution(" in _compiled_cpu_gradient(x, w)[1]
+    # Narrower layers (the transforms cost more than they save) and bfloat16 stay XLA's.
+    assert " convolution(" in _compiled_cpu_gradient(x[..., :64], w[:, :, :64, :64])[1]
+    xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+    assert " convolution(" in _compiled_cpu_gradient(xb, wb)[1]

@@ -10,6 +10,8 @@ with onnxruntime alone (README, "Deploy"). The whole detector converts, NMS loop
 - the program is traced to a jaxpr first and jax2onnx is handed that jaxpr's evaluation, so
   jax2onnx's replacements of ``jax.numpy`` functions never see the model code (its
   ``jnp.shape`` returns an array, which breaks ``nms.batched_nms``'s shape check);
+- convolutions are traced as XLA's own (``conv.xla_convolutions``), so the graph has ``Conv``
+  nodes where the CPU's jitted program runs 3x3 convolutions by Winograd's algorithm;
 - ``rewrite.ONNX_RULES`` re-express, with bit-identical results, what jax2onnx 0.17.1 or
   onnxruntime reject: the vmapped gathers and scatters (batching dimensions: "Unhandled
   internal op in Gather ... 'mode': 'batched'"), boolean selects (no boolean ``Where`` in
@@ -32,6 +34,7 @@ import jax
 
 from frcnn_jax.export import inference, rewrite
 from frcnn_jax.export.inference import INPUT_NAMES, OUTPUT_NAMES
+from frcnn_jax.models import conv
 
 DEFAULT_OPSET = 21
 
@@ -58,7 +61,10 @@ def convertible_jaxpr(fn: Callable, *specs: jax.ShapeDtypeStruct):
         out = fn(*inputs)
         return tuple(out[name] for name in OUTPUT_NAMES)
 
-    return jax.make_jaxpr(rewrite.rewrite(ordered, *specs, rules=rewrite.ONNX_RULES))(*specs)
+    # Plain convolutions, not the CPU's Winograd form (models/conv.py): onnxruntime has its
+    # own Conv kernels, and a Conv node is what other ONNX tools expect to find.
+    with conv.xla_convolutions():
+        return jax.make_jaxpr(rewrite.rewrite(ordered, *specs, rules=rewrite.ONNX_RULES))(*specs)
 
 
 def save(
