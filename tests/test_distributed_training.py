@@ -55,11 +55,12 @@ def compilation_cache(tmp_path_factory):
 _CACHE = None
 
 
-def _job(mode, workdir, root, *, processes=1, devices=1, **overrides):
+def _job(mode, workdir, root, *, processes=1, devices=1, env=None, **overrides):
     args = [SCRIPT, mode, str(workdir), root, json.dumps(overrides)]
     env = {
         "JAX_COMPILATION_CACHE_DIR": _CACHE,
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        **(env or {}),
     }
     return multiprocess.Job(args, num_processes=processes, devices_per_process=devices, env=env)
 
@@ -115,7 +116,10 @@ def test_sigterm_saves_and_the_restart_continues_exactly(data_root, runs, tmp_pa
     """SIGTERM to one of 2 processes: both save at one agreed step and exit 75; the restarted
     job (resuming without replaying data) ends with the uninterrupted job's parameters."""
     workdir = tmp_path / "preempted"
-    with _job("train", workdir, data_root, processes=2, **SCHEDULE) as job:
+    # A pause at every step: with warm compilation caches the tiny job ran its last 9 steps
+    # before the notice reached the other process (saved at step 12, or no notice at all).
+    slow = {"TRAIN_JOB_SECONDS_PER_STEP": "0.5"}
+    with _job("train", workdir, data_root, processes=2, env=slow, **SCHEDULE) as job:
         job.wait_for_output(f"step 3/{STEPS}", timeout=240, process_ids=[0], stream="stderr")
         job.send_signal(signal.SIGTERM, [1])
         results = job.wait(120, check=False)

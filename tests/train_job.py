@@ -4,11 +4,14 @@ MODE "train": ``loop.train_and_evaluate`` (exit 75 when preempted, as train.py);
 ``run.evaluate_checkpoint``. DATA_ROOT: a VOC-layout folder (images of several aspect ratios,
 so batches fall into two padded shapes). JSON: config overrides ({"a.b": value}).
 ``config.distributed`` is True whenever the job has more than one process.
+``TRAIN_JOB_SECONDS_PER_STEP`` (environment): a pause at every step, so that a test's signal
+lands while the job still has steps to run (the tiny steps take milliseconds).
 """
 
 import json
 import os
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -63,9 +66,22 @@ def config_for(data_root: str, **overrides):
     return tiny_config(**{**defaults, **overrides})
 
 
+def pause_every_step(seconds: float) -> None:
+    """Sleeps ``seconds`` before every step's preemption check (``PreemptionWatch.reached``)."""
+    reached = preemption.PreemptionWatch.reached
+
+    def slow_reached(self, step):
+        time.sleep(seconds)
+        return reached(self, step)
+
+    preemption.PreemptionWatch.reached = slow_reached
+
+
 if __name__ == "__main__":
     mode, workdir, root, overrides = sys.argv[1:5]
     cache_from_every_process()
+    if os.environ.get("TRAIN_JOB_SECONDS_PER_STEP"):
+        pause_every_step(float(os.environ["TRAIN_JOB_SECONDS_PER_STEP"]))
     logging.set_verbosity(logging.INFO)
     logs.quiet_third_party()
     config = config_for(root, **json.loads(overrides))
