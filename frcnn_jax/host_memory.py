@@ -9,8 +9,10 @@ large blocks and no trimming of the heap, freed pages stay mapped and the next s
 reuses them: 0 faults, 2.84 s; the whole detector's inference went from 3.80 to
 3.35 s an image at the same peak RSS (benchmarks/RESULTS.md). Training gains too:
 configs/custom.py's 26% (6.3 against 5.0 images/s; 19 s of system time in 1.5 epochs
-against 69 s) for 25% more peak RSS (3.1 against 2.5 GiB); VGG16's 600x1000 step nothing
-measurable, for 4.6 -> 7.6 GiB of peak RSS (the heap cannot return fragmented blocks).
+against 69 s) for 25% more peak RSS (3.1 against 2.5 GiB). Full-size backbones' training
+gains nothing and fragments the one heap when two steps' temporaries interleave: peak RSS
+9.4 against 5.2 GiB (VGG16, 600x1000), 15.1 against 5.7 GiB (ResNet-50-FPN, 800x1333); turn
+it off for them (``FRCNN_JAX_TUNE_MALLOC=0``, README "CPU notes").
 train.py, eval.py, predict and the benchmarks (train_bench.py, infer_bench.py) tune by
 default.
 

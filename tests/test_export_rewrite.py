@@ -147,3 +147,29 @@ def test_max_pools_become_maxima_of_strided_slices(window, strides, padding):
     images[0, 0, 0, 0] = np.nan
     closed = _check(lambda x: nn.max_pool(x, window, strides=strides, padding=padding), images)
     assert "reduce_window_max" not in [name for name, _ in _primitives(closed)]
+
+
+def test_onnx_jaxpr_keeps_direct_convolutions_where_the_cpu_uses_winograd():
+    # A 128-channel 3x3 layer runs by Winograd in the CPU's programs, and the ONNX rewrite picks
+    # CPU branches; onnx.convertible_jaxpr traces under conv.xla_convolutions, so the graph
+    # gets the plain convolution (an ONNX Conv node), not the tile transforms.
+    from frcnn_jax.export import onnx
+    from frcnn_jax.export.inference import OUTPUT_NAMES, input_specs
+    from frcnn_jax.models import conv
+
+    layer = conv.Conv(128, (3, 3), padding=((1, 1), (1, 1)))
+    variables = layer.init(jax.random.key(0), jnp.zeros((1, 8, 8, 128)))
+
+    def fn(images, scales):
+        x = jnp.tile(images.astype(jnp.float32), (1, 1, 1, 43))[..., :128]
+        y = layer.apply(variables, x).mean(axis=(1, 2))  # [B, 128]
+        outputs = (y[:, :4], y[:, 4].astype(jnp.int32), y[:, 5], y[:, 6] > 0)
+        return dict(zip(OUTPUT_NAMES, outputs, strict=True))
+
+    specs = input_specs((8, 8), 1)
+    cpu_branches = str(
+        jax.make_jaxpr(rewrite.rewrite(fn, *specs, rules=rewrite.ONNX_RULES))(*specs)
+    )
+    assert "conv_general_dilated" not in cpu_branches  # what ONNX would get without it
+    onnx_program = str(onnx.convertible_jaxpr(fn, *specs))
+    assert "conv_general_dilated" in onnx_program and "platform_index" not in onnx_program

@@ -19,7 +19,9 @@ with onnxruntime alone (README, "Deploy"). The whole detector converts, NMS loop
 
 Checked against the jitted function: the small backbone with RoIAlign and RoIPool, VGG16 and
 ResNet-50-FPN (random weights, 128 x 128 / 128 x 192): the same detections, boxes within
-6e-5 px, scores within 1e-6 (ResNet-50-FPN; exact or within 3e-8 for the others).
+6e-5 px, scores within 1e-6 (ResNet-50-FPN; exact or within 3e-8 for the others). That was
+before the CPU's jitted programs ran wide 3x3 layers by Winograd (models/conv.py), which
+differs from the ONNX graph's direct ``Conv`` by float32 rounding.
 
 Batch size: fixed. With a symbolic batch, jax2onnx 0.17.1 converts but the model fails in
 onnxruntime ("Where node ... Attempting to broadcast an axis by a dimension other than 1. 2

@@ -1,4 +1,5 @@
-"""Convolution with a matmul kernel gradient on CPU, for ``nn.Conv(conv_general_dilated=...)``.
+"""Convolutions made fast on CPU, for ``nn.Conv(conv_general_dilated=...)``: Winograd 3x3 layers
+and a matmul kernel gradient.
 
 Shape shorthand: B batch, H, W input size, OH, OW output size, C input and D output
 channels, KH, KW kernel size.
@@ -22,7 +23,8 @@ own kernel gradient (cuDNN's is fast), chosen per platform at lowering
 skips the rule.
 
 3x3 stride-1 convolutions with at least ``WINOGRAD_MIN_CHANNELS`` input and output channels
-(VGG16's conv3-conv5, ResNet's stage 3-4 and FPN/RPN 3x3 convolutions) go further on CPU:
+(VGG16's conv2_2 to conv5_3; in ResNet-50-FPN the 3x3 convolutions of stages 2-4 except each
+stage's strided first one, and the FPN and RPN 3x3 convolutions) go further on CPU:
 their forward pass, input gradient and kernel gradient all use Winograd's minimal filtering
 F(2x2, 3x3) (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", CVPR 2016):
 each 2x2 block of outputs comes from a 4x4 input tile by 16 products instead of 36, so the
