@@ -195,7 +195,7 @@ def _winograd_tiles(x):
     rows = [lax.slice_in_dim(xp, s, s + 2 * th - 1, stride=2, axis=1) for s in range(4)]
     out = []
     for bt_row in _BT:
-        r = _combine(bt_row, rows)  # [B, TH, W + 2.., C]
+        r = _combine(bt_row, rows)  # [B, TH, 2 * TW + 2, C]
         cols = [lax.slice_in_dim(r, s, s + 2 * tw - 1, stride=2, axis=2) for s in range(4)]
         out.extend(_combine(bt_col, cols) for bt_col in _BT)
     return jnp.stack(out).reshape(16, b * th * tw, c), (th, tw)
