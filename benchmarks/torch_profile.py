@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import collections
 
+_CONV_BACKWARD = "conv backward (input and kernel gradients)"  # torch computes both in one op
+
 # Our categories (profile_lib.CATEGORIES) as both sides can be compared; ours map onto these
 # with OURS_TO_COMMON.
 COMMON = (
     "conv forward",
-    "conv backward (input and kernel gradients)",
+    _CONV_BACKWARD,
     "matmul forward (dense layers)",
     "matmul backward (dense layers)",
     "RoI ops forward",
@@ -32,16 +34,11 @@ COMMON = (
     "everything else",
 )
 
-OURS_TO_COMMON = {
-    "conv forward": "conv forward",
-    "conv input gradient": "conv backward (input and kernel gradients)",
-    "conv kernel gradient": "conv backward (input and kernel gradients)",
-    "matmul forward (dense layers)": "matmul forward (dense layers)",
-    "matmul backward (dense layers)": "matmul backward (dense layers)",
-    "RoI ops forward": "RoI ops forward",
-    "RoI ops backward": "RoI ops backward",
-    "NMS and proposals": "NMS and proposals",
-    "optimizer update": "optimizer update",
+# Our categories split the convolution's backward in two; those that both sides have map onto
+# themselves, and the rest of ours (targets, losses, ...) fall into "everything else".
+OURS_TO_COMMON = {category: category for category in COMMON} | {
+    "conv input gradient": _CONV_BACKWARD,
+    "conv kernel gradient": _CONV_BACKWARD,
 }
 
 _BACKWARD_ROOT = "autograd::engine::evaluate_function"
@@ -60,7 +57,7 @@ def _own_category(name: str) -> str | None:
     if op in ("nms", "batched_nms", "topk", "sort"):
         return "NMS and proposals"
     if op == "convolution_backward":
-        return "conv backward (input and kernel gradients)"
+        return _CONV_BACKWARD
     if op in _CONV_FORWARD:
         return "conv forward"
     if op in _DENSE:
@@ -74,7 +71,7 @@ def _backward_category(name: str) -> str | None:
     if "roi" in node:
         return "RoI ops"
     if node.startswith("convolution"):
-        return "conv backward (input and kernel gradients)"
+        return _CONV_BACKWARD
     if node.startswith(_DENSE):
         return "matmul"
     return None
@@ -100,7 +97,7 @@ def categorize(event) -> str:
     if own == "matmul":
         return f"matmul {direction} (dense layers)"
     if own == "conv forward" and backward:  # a convolution called by a backward formula
-        return "conv backward (input and kernel gradients)"
+        return _CONV_BACKWARD
     return own or "everything else"
 
 

@@ -216,20 +216,11 @@ def winograd_conv(x, w, precision=None):
     u = jnp.einsum("ik,klcd,jl->ijcd", g, w, g, precision=precision).reshape(16, c, d)
     m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))), precision=precision, **_F32_OUT)
     m = m.reshape(4, 4, b, th, tw, d)
-    # Output pixel (i, j) of every tile: sum over k, l of A^T[i, k] m[k, l] A^T[j, l].
-    y = jnp.stack(
-        [
-            jnp.stack(
-                [
-                    _combine(at_j, [_combine(at_i, [m[k, l] for k in range(4)]) for l in range(4)])
-                    for at_j in _AT
-                ],
-                axis=3,
-            )
-            for at_i in _AT
-        ],
-        axis=2,
-    )  # [B, TH, 2 (i), TW, 2 (j), D]
+    # Output pixel (i, j) of every tile: sum over l of t[i][l] A^T[j, l], where t[i][l] is sum
+    # over k of A^T[i, k] m[k, l].
+    t = [[_combine(at_i, [m[k, l] for k in range(4)]) for l in range(4)] for at_i in _AT]
+    y = jnp.stack([jnp.stack([_combine(at_j, t_i) for at_j in _AT], axis=3) for t_i in t], axis=2)
+    # y: [B, TH, 2 (i), TW, 2 (j), D]
     return y.reshape(b, 2 * th, 2 * tw, d)[:, :h, :wd].astype(x.dtype)
 
 
@@ -253,11 +244,9 @@ def winograd_kernel_grad(x, dy, precision=None):
     dyp = jnp.pad(dy, ((0, 0), (0, 2 * th - h), (0, 2 * tw - wd), (0, 0)))
     dyp = dyp.reshape(b, th, 2, tw, 2, d)
     a = tuple(zip(*_AT, strict=True))  # A = (A^T)^T, [4, 2]
-    dm = [
-        _combine(a_k, [_combine(a_l, [dyp[:, :, i, :, j] for j in range(2)]) for i in range(2)])
-        for a_k in a
-        for a_l in a
-    ]
+    # dM[k, l] = sum over i of A[k, i] r[i][l], where r[i][l] is sum over j of dY[i, j] A[l, j].
+    r = [[_combine(a_l, [dyp[:, :, i, :, j] for j in range(2)]) for a_l in a] for i in range(2)]
+    dm = [_combine(a_k, [r[i][l] for i in range(2)]) for a_k in a for l in range(4)]
     dm = jnp.stack(dm).reshape(16, b * th * tw, d)
     du = lax.dot_general(v, dm, (((1,), (1,)), ((0,), (0,))), precision=precision, **_F32_OUT)
     g = jnp.asarray(_G, jnp.float32)
